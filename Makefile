@@ -1,0 +1,121 @@
+# Makefile: builds ringline, generates the FFI cdef, runs tests and benchmarks.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BUILD ?= build
+CC ?= cc
+PKGS := liburing luajit
+
+# Debian packages the build, the tests and the benchmarks need.  Never
+# libluajit-5.1-dev: it conflicts with libnginx-mod-http-lua (HTTP bench).
+DEPS_BUILD := gcc make pkg-config liburing-dev libluajit2-5.1-dev luajit2 \
+	libcmocka-dev
+DEPS_TEST := python3 procps util-linux
+DEPS := $(DEPS_BUILD) $(DEPS_TEST)
+
+OPT ?= -O2
+CFLAGS ?= $(OPT) -g
+CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE \
+	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
+# Export our symbols: Lua finds the rl_* functions through ffi.C.
+LDFLAGS += -Wl,-E
+
+CORE := rl_bufring rl_conn rl_rxbuf rl_sendq rl_options rl_listen rl_log \
+	rl_worker rl_lua
+CORE_OBJS := $(CORE:%=$(BUILD)/%.o)
+HEADERS := $(wildcard core/*.h)
+CDEF := lua/ringline/cdef.lua
+
+UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
+BENCH_TOOLS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.c))
+
+.PHONY: all deps run test unit lua-test integration asan asan-test bench \
+	install clean
+
+all: deps $(BUILD)/ringline $(CDEF)
+
+# Install what is missing, by Debian package name; quiet when all is there.
+deps:
+	@missing=""; for p in $(DEPS); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make deps: installing$$missing"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+			--no-install-recommends $$missing; \
+	fi
+
+$(BUILD)/%.o: core/%.c $(HEADERS) | $(BUILD)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/ringline: $(BUILD)/main.o $(CORE_OBJS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD):
+	mkdir -p $@
+
+# The one place the FFI declarations come from: core/rl_api.h.
+$(CDEF): core/rl_api.h
+	{ echo '-- Generated from core/rl_api.h by the Makefile: do not edit.'; \
+	  echo 'local ffi = require "ffi"'; \
+	  echo 'ffi.cdef[['; \
+	  $(CC) -E -P -DRL_FFI_CDEF core/rl_api.h; \
+	  echo ']]'; \
+	  echo 'return true'; } > $@.tmp && mv $@.tmp $@
+
+run: all
+	$(BUILD)/ringline scripts/echo.lua
+
+# -- Tests ----------------------------------------------------------------
+$(BUILD)/unit/%: tests/unit/%.c $(CORE_OBJS) $(HEADERS)
+	@mkdir -p $(BUILD)/unit
+	$(CC) $(CFLAGS) -Icore $(LDFLAGS) -o $@ $< $(CORE_OBJS) \
+		$(LDLIBS) -lcmocka
+
+unit: deps $(UNIT_TESTS:%=$(BUILD)/unit/%)
+	@fail=0; for t in $(UNIT_TESTS); do \
+		$(BUILD)/unit/$$t || fail=1; done; exit $$fail
+
+lua-test: all
+	luajit tests/lua/run.lua
+
+integration: all
+	python3 tests/integration/run.py --bin $(BUILD)/ringline
+
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined
+
+asan:
+	$(MAKE) BUILD=build-asan OPT="$(ASAN_FLAGS)" \
+		LDFLAGS="-fsanitize=address,undefined" build-asan/ringline
+
+asan-test: all asan
+	RINGLINE_ASAN=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+		python3 tests/integration/run.py --bin build-asan/ringline
+
+test: all
+	$(MAKE) unit
+	$(MAKE) lua-test
+	$(MAKE) integration
+	$(MAKE) asan-test
+
+# -- Benchmarks (not tests) -------------------------------------------------
+$(BUILD)/bench/%: tests/bench/%.c
+	@mkdir -p $(BUILD)/bench
+	$(CC) -O2 -g -std=gnu11 -Wall -Wextra -o $@ $<
+
+bench: all $(BENCH_TOOLS)
+	bash tests/bench/bench_echo.sh $(BUILD)
+
+# -- Install ------------------------------------------------------------------
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ringline/lua/ringline \
+		$(DESTDIR)$(PREFIX)/share/ringline/scripts
+	install -m 755 $(BUILD)/ringline $(DESTDIR)$(PREFIX)/bin/ringline
+	install -m 644 lua/*.lua $(DESTDIR)$(PREFIX)/share/ringline/lua/
+	install -m 644 lua/ringline/*.lua $(DESTDIR)$(PREFIX)/share/ringline/lua/ringline/
+	install -m 644 scripts/*.lua $(DESTDIR)$(PREFIX)/share/ringline/scripts/
+
+clean:
+	rm -rf build build-asan $(CDEF)

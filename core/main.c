@@ -1,0 +1,298 @@
+/* main.c: the ringline executable: options, script check, workers, signals. */
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <stdatomic.h>
+
+#include <luajit.h>
+
+#include "rl_log.h"
+#include "rl_lua.h"
+#include "rl_options.h"
+#include "rl_worker.h"
+
+#define RL_VERSION "0.1.0"
+
+const char *rl_version(void)
+{
+	return RL_VERSION;
+}
+
+/* Exit codes: 2 for what the operator can fix in the command or script. */
+enum { EXIT_USAGE = 2 };
+
+static pthread_mutex_t setup_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t setup_cond = PTHREAD_COND_INITIALIZER;
+static int setup_done;
+static pthread_t main_thread;
+static atomic_int workers_exited;
+
+static void report_setup(void)
+{
+	pthread_mutex_lock(&setup_lock);
+	setup_done++;
+	pthread_cond_signal(&setup_cond);
+	pthread_mutex_unlock(&setup_lock);
+}
+
+static void pin_to_cpu(struct rl_worker *w)
+{
+	cpu_set_t set;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+	CPU_ZERO(&set);
+	CPU_SET(w->id % (ncpu > 0 ? ncpu : 1), &set);
+	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+		rl_warn(w->id, "cannot pin to CPU %d", w->id);
+}
+
+static void *worker_main(void *arg)
+{
+	struct rl_worker *w = arg;
+	char err[1024];
+	int ret;
+
+	if (w->cfg->pin)
+		pin_to_cpu(w);
+	ret = rl_worker_setup(w);
+	if (ret) {
+		w->setup_status = ret == -EADDRINUSE || ret == -EACCES ||
+				  ret == -EADDRNOTAVAIL ? EXIT_USAGE : 1;
+	} else if (!w->cfg->builtin &&
+		   rl_lua_worker_start(w, err, sizeof(err))) {
+		snprintf(w->setup_err, sizeof(w->setup_err), "%s", err);
+		w->setup_status = EXIT_USAGE;
+	}
+	report_setup();
+	if (w->setup_status)
+		goto out;
+	/* Wait until main has seen every worker come up (or told us to stop
+	 * because one did not). */
+	pthread_mutex_lock(&setup_lock);
+	while (setup_done >= 0)
+		pthread_cond_wait(&setup_cond, &setup_lock);
+	pthread_mutex_unlock(&setup_lock);
+	if (w->cfg->builtin) {
+		rl_worker_run_builtin_echo(w);
+	} else if (rl_lua_worker_run(w, err, sizeof(err))) {
+		rl_err(w->id, "worker loop failed: %s", err);
+		w->setup_status = 1;
+	}
+out:
+	rl_lua_worker_close(w);
+	rl_worker_teardown(w);
+	/* Wake main's sigwait so it notices a worker that ended early. */
+	atomic_fetch_add(&workers_exited, 1);
+	pthread_kill(main_thread, SIGUSR1);
+	return NULL;
+}
+
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	/* Every connection is a descriptor; --max-conns means little under a
+	 * soft limit of 1024. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static int resolve_listen(struct rl_shared *sh, const struct rl_config *cfg,
+			  char script_listen[][128], int nscript)
+{
+	char err[256];
+	int n = cfg->nlisten ? cfg->nlisten : nscript;
+
+	if (n == 0) {
+		fprintf(stderr, "ringline: no listen address: give --listen or "
+			"set listen in the script\n");
+		return -1;
+	}
+	for (int i = 0; i < n; i++) {
+		const char *s = cfg->nlisten ? cfg->listen[i] : script_listen[i];
+
+		if (rl_addr_parse(s, &sh->addrs[i], err, sizeof(err))) {
+			fprintf(stderr, "ringline: %s\n", err);
+			return -1;
+		}
+	}
+	sh->naddrs = n;
+	return 0;
+}
+
+static int wait_for_setup(struct rl_worker *ws, int n)
+{
+	int status = 0;
+
+	pthread_mutex_lock(&setup_lock);
+	while (setup_done < n)
+		pthread_cond_wait(&setup_cond, &setup_lock);
+	for (int i = 0; i < n; i++) {
+		if (ws[i].setup_status && !status) {
+			status = ws[i].setup_status;
+			fprintf(stderr, "ringline: worker %d: %s\n", i,
+				ws[i].setup_err);
+		}
+	}
+	setup_done = -1;     /* releases the workers */
+	pthread_cond_broadcast(&setup_cond);
+	pthread_mutex_unlock(&setup_lock);
+	return status;
+}
+
+static int all_exited(int n)
+{
+	return atomic_load(&workers_exited) == n;
+}
+
+/* Signals arrive here only (blocked in every worker): stop or reload. */
+static void serve_signals(struct rl_worker *ws, int n)
+{
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGUSR1);
+	for (;;) {
+		if (sigwait(&set, &sig))
+			continue;
+		if (sig == SIGTERM || sig == SIGINT) {
+			rl_info(-1, "%s: stopping", sig == SIGTERM ? "SIGTERM"
+							     : "SIGINT");
+			for (int i = 0; i < n; i++)
+				rl_worker_request_stop(&ws[i]);
+			return;
+		}
+		if (sig == SIGHUP) {
+			for (int i = 0; i < n; i++)
+				rl_worker_request_reload(&ws[i]);
+			continue;
+		}
+		/* SIGUSR1: a worker ended on its own; stop the rest. */
+		for (int i = 0; i < n; i++)
+			if (ws[i].setup_status) {
+				for (int j = 0; j < n; j++)
+					if (!ws[j].setup_status)
+						rl_worker_request_stop(&ws[j]);
+				return;
+			}
+		if (all_exited(n))
+			return;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static struct rl_config cfg;
+	static struct rl_shared sh;
+	char err[1024], lua_dir[PATH_MAX], script_listen[RL_MAX_LISTEN][128];
+	int nscript = 0, ret, status = 0;
+	struct rl_worker *ws;
+	sigset_t set;
+
+	rl_options_defaults(&cfg, (int)sysconf(_SC_NPROCESSORS_ONLN));
+	ret = rl_options_parse(&cfg, argc, argv, err, sizeof(err));
+	if (ret < 0) {
+		fprintf(stderr, "ringline: %s\n", err);
+		return EXIT_USAGE;
+	}
+	if (ret == RL_OPT_HELP) {
+		fputs(rl_options_usage(), stdout);
+		return 0;
+	}
+	if (ret == RL_OPT_VERSION) {
+		printf("ringline %s (%s)\n", RL_VERSION, LUAJIT_VERSION);
+		return 0;
+	}
+	rl_log_level = cfg.log_level;
+	raise_nofile();
+
+	if (!cfg.builtin) {
+		if (rl_lua_find_dir(lua_dir, sizeof(lua_dir))) {
+			fprintf(stderr, "ringline: cannot find the ringline Lua "
+				"modules next to the executable (set "
+				"RINGLINE_LUA_DIR)\n");
+			return EXIT_USAGE;
+		}
+		if (access(cfg.script, R_OK)) {
+			fprintf(stderr, "ringline: cannot read script '%s': %s\n",
+				cfg.script, strerror(errno));
+			return EXIT_USAGE;
+		}
+		if (rl_lua_check(lua_dir, cfg.script, script_listen,
+				 RL_MAX_LISTEN, &nscript, err, sizeof(err))) {
+			fprintf(stderr, "ringline: %s\n", err);
+			return EXIT_USAGE;
+		}
+		if (cfg.check_only) {
+			printf("%s: ok\n", cfg.script);
+			return 0;
+		}
+		sh.lua_dir = lua_dir;
+	}
+	if (resolve_listen(&sh, &cfg, script_listen, nscript))
+		return EXIT_USAGE;
+	sh.cfg = &cfg;
+	sh.nworkers = cfg.workers;
+
+	/* Workers inherit this mask: only main takes signals, by sigwait. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	main_thread = pthread_self();
+
+	ws = calloc(cfg.workers, sizeof(*ws));
+	if (!ws) {
+		fprintf(stderr, "ringline: out of memory\n");
+		return 1;
+	}
+	for (int i = 0; i < cfg.workers; i++) {
+		ws[i].id = i;
+		ws[i].shared = &sh;
+		ws[i].cfg = &cfg;
+		ws[i].wake_fd = -1;
+		if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i])) {
+			fprintf(stderr, "ringline: cannot start worker %d\n", i);
+			return 1;
+		}
+	}
+	status = wait_for_setup(ws, cfg.workers);
+	if (status) {
+		/* A worker that failed has torn down already. */
+		for (int i = 0; i < cfg.workers; i++)
+			if (!ws[i].setup_status)
+				rl_worker_request_stop(&ws[i]);
+	} else {
+		rl_info(-1, "serving %s with %d worker(s), %u x %u byte buffers each",
+			cfg.builtin ? "builtin echo" : cfg.script, cfg.workers,
+			cfg.buffers, cfg.buffer_size);
+		serve_signals(ws, cfg.workers);
+	}
+	for (int i = 0; i < cfg.workers; i++) {
+		pthread_join(ws[i].thread, NULL);
+		if (ws[i].setup_status && !status)
+			status = ws[i].setup_status;
+	}
+	free(ws);
+	if (!status)
+		rl_info(-1, "stopped");
+	return status;
+}

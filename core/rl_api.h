@@ -1,0 +1,133 @@
+/* rl_api.h: the structs and C functions LuaJIT reaches through the FFI.
+ *
+ * The Makefile runs this header through the preprocessor with RL_FFI_CDEF
+ * defined and wraps the result into lua/ringline/cdef.lua, so every
+ * declaration below is written once.  Keep it plain C that ffi.cdef parses:
+ * no macros in declarations, no system headers inside the RL_FFI_CDEF part.
+ */
+#ifndef RL_API_H
+#define RL_API_H
+
+#ifndef RL_FFI_CDEF
+#include <stddef.h>
+#include <stdint.h>
+#endif
+
+typedef struct rl_worker rl_worker;
+
+/* What a worker hands Lua in each batch, in the order the kernel completed
+ * the operations that caused them. */
+enum rl_event_type {
+	RL_EV_OPEN = 1,   /* a connection was accepted */
+	RL_EV_DATA = 2,   /* bytes arrived; call rl_rx_begin before looking */
+	RL_EV_CLOSE = 3,  /* the connection is gone; res is the reason */
+	RL_EV_RELOAD = 4, /* the operator asked for a reload (SIGHUP) */
+};
+
+typedef struct rl_event {
+	uint32_t type;
+	uint32_t conn;        /* connection slot */
+	uint32_t gen;         /* slot generation, part of conn ids */
+	int32_t bid;          /* DATA: ring buffer id, -1 = connection residue */
+	const uint8_t *ptr;   /* DATA: first byte offered */
+	uint32_t len;         /* DATA: bytes offered */
+	int32_t res;          /* CLOSE: 0 = peer closed, >0 RL_CLOSE_*, <0 -errno */
+} rl_event;
+
+/* Close reasons that are not an errno. */
+enum rl_close_reason {
+	RL_CLOSE_PEER = 0,       /* peer closed its side, all answers sent */
+	RL_CLOSE_LOCAL = 1,      /* the handler called conn:close() */
+	RL_CLOSE_ERROR = 2,      /* the handler raised a Lua error */
+	RL_CLOSE_UNCONSUMED = 3, /* unconsumed bytes passed the limit */
+	RL_CLOSE_SHUTDOWN = 4,   /* the process is stopping */
+};
+
+/* A zero-copy view of received bytes.  C never builds one; the struct lives
+ * here so the Lua side gets its layout from the same generated cdef. */
+typedef struct rl_slice {
+	const uint8_t *ptr;
+	uint32_t len;
+	int32_t bid;     /* ring buffer the bytes live in, -1 = not a ring buffer */
+	uint32_t epoch;  /* handler call the slice belongs to */
+} rl_slice;
+
+/* Counters a worker keeps; read-only for Lua. */
+typedef struct rl_stats {
+	uint64_t accepted;
+	uint64_t rejected;        /* closed at once: over --max-conns */
+	uint64_t closed;
+	uint64_t bytes_in;
+	uint64_t bytes_out;
+	uint64_t enobufs;         /* recv parked because the ring was empty */
+	uint64_t paused;          /* recv stopped by send backpressure */
+	uint64_t residue_copied;  /* bytes copied because a frame spanned buffers */
+	uint64_t handler_errors;
+	uint64_t reloads;
+	uint64_t reloads_failed;
+} rl_stats;
+
+/* -- Event loop ---------------------------------------------------------- */
+
+/* Submit queued sends, wait for completions and fill up to max events.
+ * Leases the previous batch handed out are released first: a DATA event's
+ * buffer is only valid until the next call.  Returns the number of events,
+ * or -1 once the worker has finished shutting down. */
+int rl_worker_poll(rl_worker *w, rl_event *ev, int max);
+
+/* Turn a DATA event into the bytes to offer: the event's buffer alone, or the
+ * connection's unconsumed residue followed by (part of) the buffer.
+ * Returns 0, or -1 if the connection is closing and the data must be
+ * skipped. */
+int rl_rx_begin(rl_worker *w, rl_event *ev);
+
+/* The handler consumed this many bytes of the offer in ev.  Returns 1 when
+ * ev now holds a further offer for the same connection (call the handler
+ * again), 0 when the event is done, -1 when the connection was closed for
+ * exceeding its unconsumed-bytes limit. */
+int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed);
+
+/* -- Connections --------------------------------------------------------- */
+
+/* Queue bytes for sending.  bid >= 0 means p lies in that ring buffer and is
+ * sent without a copy, keeping the buffer leased until the send completes;
+ * bid < 0 copies.  Returns 0 or -errno (-EPIPE: connection closing). */
+int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
+		 size_t len, int32_t bid);
+
+/* Close after queued sends finish (graceful), or at once if abort.
+ * reason is an RL_CLOSE_* value reported in the CLOSE event. */
+int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
+		  int abort);
+
+/* Unsent bytes queued on a connection. */
+size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen);
+
+/* Peer address as text ("127.0.0.1:5000", "[::1]:5000", "unix").
+ * Returns the length or -errno. */
+int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,
+		 size_t len);
+
+/* -- Worker facts -------------------------------------------------------- */
+
+int rl_worker_id(rl_worker *w);
+int rl_worker_count(rl_worker *w);
+rl_stats *rl_worker_stats(rl_worker *w);
+/* Per-service limit on unconsumed bytes (0 keeps the option's value). */
+void rl_worker_set_max_unconsumed(rl_worker *w, size_t bytes);
+const char *rl_close_reason_text(int reason);
+const char *rl_version(void);
+
+/* -- Logging ------------------------------------------------------------- */
+
+enum rl_log_level {
+	RL_LOG_ERROR = 0,
+	RL_LOG_WARN = 1,
+	RL_LOG_INFO = 2,
+	RL_LOG_DEBUG = 3,
+};
+
+int rl_log_enabled(int level);
+void rl_log_msg(int level, int worker, const char *msg);
+
+#endif

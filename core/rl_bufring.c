@@ -1,0 +1,117 @@
+/* rl_bufring.c: a worker's provided buffer ring and the leases on its buffers. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "rl_bufring.h"
+
+int rl_bufring_init(struct rl_bufring *r, uint32_t nbufs, uint32_t size)
+{
+	memset(r, 0, sizeof(*r));
+	/* The kernel indexes the ring with a mask and ids are 16 bits. */
+	if (nbufs == 0 || nbufs > 32768 || (nbufs & (nbufs - 1)))
+		return -EINVAL;
+	if (size == 0)
+		return -EINVAL;
+	r->nbufs = nbufs;
+	r->size = size;
+	r->bgid = -1;
+	r->br_bytes = nbufs * sizeof(struct io_uring_buf);
+	/* Page-aligned memory, as io_uring_register_buf_ring requires. */
+	r->br = mmap(NULL, r->br_bytes, PROT_READ | PROT_WRITE,
+		     MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (r->br == MAP_FAILED) {
+		r->br = NULL;
+		return -ENOMEM;
+	}
+	r->mem = mmap(NULL, (size_t)nbufs * size, PROT_READ | PROT_WRITE,
+		      MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (r->mem == MAP_FAILED) {
+		r->mem = NULL;
+		goto err;
+	}
+	r->leases = calloc(nbufs, sizeof(*r->leases));
+	if (!r->leases)
+		goto err;
+	io_uring_buf_ring_init(r->br);
+	for (uint32_t bid = 0; bid < nbufs; bid++)
+		io_uring_buf_ring_add(r->br, rl_bufring_addr(r, bid), size, bid,
+				      io_uring_buf_ring_mask(nbufs), bid);
+	io_uring_buf_ring_advance(r->br, nbufs);
+	return 0;
+err:
+	rl_bufring_free(r, NULL);
+	return -ENOMEM;
+}
+
+int rl_bufring_register(struct rl_bufring *r, struct io_uring *ring, int bgid)
+{
+	struct io_uring_buf_reg reg = {
+		.ring_addr = (unsigned long)r->br,
+		.ring_entries = r->nbufs,
+		.bgid = bgid,
+	};
+	int ret = io_uring_register_buf_ring(ring, &reg, 0);
+
+	if (ret)
+		return ret;
+	r->bgid = bgid;
+	r->registered = 1;
+	return 0;
+}
+
+void rl_bufring_free(struct rl_bufring *r, struct io_uring *ring)
+{
+	if (r->registered && ring)
+		io_uring_unregister_buf_ring(ring, r->bgid);
+	if (r->br)
+		munmap(r->br, r->br_bytes);
+	if (r->mem)
+		munmap(r->mem, (size_t)r->nbufs * r->size);
+	free(r->leases);
+	memset(r, 0, sizeof(*r));
+}
+
+int rl_bufring_take(struct rl_bufring *r, uint32_t bid)
+{
+	if (bid >= r->nbufs || r->leases[bid] != 0)
+		return -EINVAL;
+	r->leases[bid] = 1;
+	r->leased++;
+	return 0;
+}
+
+int rl_bufring_ref(struct rl_bufring *r, uint32_t bid)
+{
+	if (bid >= r->nbufs || r->leases[bid] == 0 || r->leases[bid] == UINT16_MAX)
+		return -EINVAL;
+	r->leases[bid]++;
+	return 0;
+}
+
+int rl_bufring_unref(struct rl_bufring *r, uint32_t bid)
+{
+	if (bid >= r->nbufs || r->leases[bid] == 0)
+		return -EINVAL;
+	if (--r->leases[bid])
+		return 0;
+	/* Written past the tail the kernel sees; invisible until publish. */
+	io_uring_buf_ring_add(r->br, rl_bufring_addr(r, bid), r->size, bid,
+			      io_uring_buf_ring_mask(r->nbufs), r->staged);
+	r->staged++;
+	r->leased--;
+	return 1;
+}
+
+uint32_t rl_bufring_publish(struct rl_bufring *r)
+{
+	uint32_t n = r->staged;
+
+	/* io_uring_buf_ring_advance is a release store of the tail: the entries
+	 * written by rl_bufring_unref are visible before the kernel sees it. */
+	if (n)
+		io_uring_buf_ring_advance(r->br, n);
+	r->staged = 0;
+	return n;
+}

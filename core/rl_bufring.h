@@ -1,0 +1,62 @@
+/* rl_bufring.h: a worker's provided buffer ring and the leases on its buffers.
+ *
+ * Ownership of a buffer id: the kernel owns it while it sits in the ring;
+ * a recv completion hands it to us with one lease (the handler's); every
+ * zero-copy send that references it adds a lease.  When the last lease ends
+ * the id is staged for the ring, and rl_bufring_publish() makes every staged
+ * id visible to the kernel with a single tail store.
+ */
+#ifndef RL_BUFRING_H
+#define RL_BUFRING_H
+
+#include <stdint.h>
+#include <liburing.h>
+
+struct rl_bufring {
+	struct io_uring_buf_ring *br;  /* shared with the kernel */
+	size_t br_bytes;
+	uint8_t *mem;                  /* nbufs * size bytes of buffers */
+	uint16_t *leases;              /* per buffer id; 0 = in the ring */
+	uint32_t nbufs;
+	uint32_t size;
+	uint32_t staged;               /* ids added since the last publish */
+	uint32_t leased;               /* ids out of the ring */
+	int bgid;
+	int registered;
+};
+
+int rl_bufring_init(struct rl_bufring *r, uint32_t nbufs, uint32_t size);
+int rl_bufring_register(struct rl_bufring *r, struct io_uring *ring, int bgid);
+void rl_bufring_free(struct rl_bufring *r, struct io_uring *ring);
+
+static inline uint8_t *rl_bufring_addr(const struct rl_bufring *r, uint32_t bid)
+{
+	return r->mem + (size_t)bid * r->size;
+}
+
+/* Which buffer p points into, or -1. */
+static inline int32_t rl_bufring_bid_of(const struct rl_bufring *r,
+					const void *p)
+{
+	const uint8_t *b = p;
+
+	if (b < r->mem || b >= r->mem + (size_t)r->nbufs * r->size)
+		return -1;
+	return (int32_t)((size_t)(b - r->mem) / r->size);
+}
+
+/* A completion gave us bid: the handler's lease starts. */
+int rl_bufring_take(struct rl_bufring *r, uint32_t bid);
+/* Another holder (a queued send) leases bid. */
+int rl_bufring_ref(struct rl_bufring *r, uint32_t bid);
+/* A holder is done; the last one stages bid for the ring. */
+int rl_bufring_unref(struct rl_bufring *r, uint32_t bid);
+/* Make staged ids visible to the kernel: one tail store.  Returns how many. */
+uint32_t rl_bufring_publish(struct rl_bufring *r);
+
+static inline uint32_t rl_bufring_available(const struct rl_bufring *r)
+{
+	return r->nbufs - r->leased;
+}
+
+#endif

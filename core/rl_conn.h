@@ -1,0 +1,89 @@
+/* rl_conn.h: a worker's connection table: slots addressed by (index, generation).
+ *
+ * Completions carry the index and generation of the connection they were
+ * submitted for.  A slot's generation changes every time it is freed, so a
+ * completion that arrives after its connection closed (and the slot maybe
+ * went to a new connection) no longer matches and is ignored.  Slots live
+ * in fixed pages, so a connection's address never moves.
+ */
+#ifndef RL_CONN_H
+#define RL_CONN_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "rl_rxbuf.h"
+#include "rl_sendq.h"
+
+#define RL_CONN_PAGE_SHIFT 8
+#define RL_CONN_PAGE (1u << RL_CONN_PAGE_SHIFT)
+#define RL_CONN_GEN_MASK 0xffffffu      /* generations fit in 24 bits */
+#define RL_CONN_MAX (1u << 20)         /* slots fit in 20 bits of conn ids */
+
+enum rl_conn_state {
+	RL_CONN_FREE = 0,
+	RL_CONN_OPEN,      /* serving */
+	RL_CONN_CLOSING,   /* no more reads; waiting for operations to end */
+	RL_CONN_DEAD,      /* fd closed; slot freed once CLOSE reaches Lua */
+};
+
+struct rl_conn {
+	int fd;
+	uint32_t gen;
+	uint8_t state;
+	uint8_t recv_armed;     /* a multishot recv is in the kernel */
+	uint8_t recv_paused;    /* backpressure: recv stopped */
+	uint8_t parked;         /* recv ended with ENOBUFS; waiting for buffers */
+	uint8_t rd_eof;         /* peer finished sending */
+	uint8_t close_req;      /* close once queued sends are out */
+	uint8_t aborting;       /* close now, queued sends dropped */
+	uint8_t send_inflight;
+	uint8_t slow;           /* last send was short: copy, don't lease */
+	uint8_t queued;         /* on the worker's work list */
+	uint8_t shut;           /* shutdown(2) already called */
+	int32_t rx_bid;         /* buffer of the arrival being offered */
+	int close_reason;
+	uint32_t inflight_bytes;
+	struct rl_rxbuf rx;
+	struct rl_sendq sq;
+};
+
+struct rl_conntab {
+	struct rl_conn **pages;
+	uint32_t npages;
+	uint32_t max;           /* slots this table may grow to */
+	uint32_t top;           /* slots ever handed out */
+	uint32_t *free;         /* stack of freed slots */
+	uint32_t nfree;
+	uint32_t used;
+};
+
+int rl_conntab_init(struct rl_conntab *t, uint32_t max);
+void rl_conntab_free(struct rl_conntab *t);
+/* A free slot in state OPEN, or NULL when the table is full. */
+struct rl_conn *rl_conntab_alloc(struct rl_conntab *t, uint32_t *idx);
+/* Give the slot back; its generation moves on. */
+void rl_conntab_release(struct rl_conntab *t, uint32_t idx);
+
+static inline struct rl_conn *rl_conntab_at(const struct rl_conntab *t,
+					    uint32_t idx)
+{
+	return &t->pages[idx >> RL_CONN_PAGE_SHIFT][idx & (RL_CONN_PAGE - 1)];
+}
+
+/* The live connection (idx, gen) names, or NULL if it is gone. */
+static inline struct rl_conn *rl_conntab_get(const struct rl_conntab *t,
+					     uint32_t idx, uint32_t gen)
+{
+	struct rl_conn *c;
+
+	if (idx >= t->top)
+		return NULL;
+	c = rl_conntab_at(t, idx);
+	if (c->state == RL_CONN_FREE ||
+	    (c->gen & RL_CONN_GEN_MASK) != (gen & RL_CONN_GEN_MASK))
+		return NULL;
+	return c;
+}
+
+#endif

@@ -1,0 +1,242 @@
+/* rl_options.c: the command line, parsed into the process configuration. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rl_api.h"
+#include "rl_log.h"
+#include "rl_options.h"
+
+static const char usage[] =
+"usage: ringline [options] SCRIPT.lua\n"
+"       ringline [options] --builtin echo\n"
+"\n"
+"  -l, --listen ADDR        listen on ADDR (tcp://host:port, tcp://[v6]:port,\n"
+"                           unix:/path); repeatable; overrides the script's\n"
+"  -w, --workers N          worker threads, one per core (default: online CPUs)\n"
+"  -b, --buffers N          provided receive buffers per worker, a power of\n"
+"                           two from 2 to 32768 (default 512)\n"
+"  -s, --buffer-size BYTES  size of each receive buffer, 512 to 1m (default 16k)\n"
+"  -c, --max-conns N        open connections in the whole process (default 65536)\n"
+"      --high-water BYTES   unsent bytes that stop a connection's reads (default 1m)\n"
+"      --low-water BYTES    unsent bytes that resume them (default 256k)\n"
+"      --max-unconsumed BYTES  unconsumed bytes a connection may keep (default 1m)\n"
+"      --drain-timeout MS   on SIGTERM, time to finish sends (default 5000)\n"
+"      --pin                pin worker i to CPU i\n"
+"      --log-level LEVEL    error, warn, info or debug (default info)\n"
+"      --builtin echo       serve with the C echo handler, no Lua (a baseline)\n"
+"      --check              load the script in a scratch state and exit\n"
+"  -h, --help               this text\n"
+"  -V, --version            the version\n"
+"\n"
+"BYTES take a k, m or g suffix (powers of 1024).\n";
+
+const char *rl_options_usage(void)
+{
+	return usage;
+}
+
+void rl_options_defaults(struct rl_config *cfg, int online_cpus)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->workers = online_cpus > 0 ? online_cpus : 1;
+	cfg->buffers = 512;
+	cfg->buffer_size = 16384;
+	cfg->max_conns = 65536;
+	cfg->high_water = 1u << 20;
+	cfg->low_water = 256u << 10;
+	cfg->max_unconsumed = 1u << 20;
+	cfg->drain_timeout_ms = 5000;
+	cfg->log_level = RL_LOG_INFO;
+}
+
+int rl_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	if (!s || !*s || *s == '-' || *s == '+' || *s == ' ')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -EINVAL;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	}
+	if (*end == 'b' || *end == 'B')
+		end++;
+	if (*end)
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+static int bad(char *err, size_t len, const char *fmt, const char *a,
+	       const char *b)
+{
+	snprintf(err, len, fmt, a, b);
+	return -EINVAL;
+}
+
+/* A number in [lo, hi], with size suffixes when sized. */
+static int num(const char *opt, const char *arg, uint64_t lo, uint64_t hi,
+	       uint64_t *out, char *err, size_t len)
+{
+	char range[64];
+
+	if (rl_parse_size(arg, out) || *out < lo || *out > hi) {
+		snprintf(range, sizeof(range), "%llu to %llu",
+			 (unsigned long long)lo, (unsigned long long)hi);
+		snprintf(err, len, "invalid value '%s' for --%s: expected %s",
+			 arg, opt, range);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+enum {
+	OPT_HIGH = 256, OPT_LOW, OPT_UNCONSUMED, OPT_DRAIN, OPT_PIN,
+	OPT_LOGLEVEL, OPT_BUILTIN, OPT_CHECK,
+};
+
+static const struct option longopts[] = {
+	{ "listen", required_argument, NULL, 'l' },
+	{ "workers", required_argument, NULL, 'w' },
+	{ "buffers", required_argument, NULL, 'b' },
+	{ "buffer-size", required_argument, NULL, 's' },
+	{ "max-conns", required_argument, NULL, 'c' },
+	{ "high-water", required_argument, NULL, OPT_HIGH },
+	{ "low-water", required_argument, NULL, OPT_LOW },
+	{ "max-unconsumed", required_argument, NULL, OPT_UNCONSUMED },
+	{ "drain-timeout", required_argument, NULL, OPT_DRAIN },
+	{ "pin", no_argument, NULL, OPT_PIN },
+	{ "log-level", required_argument, NULL, OPT_LOGLEVEL },
+	{ "builtin", required_argument, NULL, OPT_BUILTIN },
+	{ "check", no_argument, NULL, OPT_CHECK },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static int set_option(struct rl_config *cfg, int opt, const char *arg,
+		      char *err, size_t len)
+{
+	uint64_t v;
+	int ret = 0;
+
+	switch (opt) {
+	case 'l':
+		if (cfg->nlisten == RL_MAX_LISTEN)
+			return bad(err, len, "too many --listen (at most %s)%s",
+				   "16", "");
+		cfg->listen[cfg->nlisten++] = arg;
+		return 0;
+	case 'w':
+		ret = num("workers", arg, 1, 1024, &v, err, len);
+		cfg->workers = (int)v;
+		break;
+	case 'b':
+		ret = num("buffers", arg, 2, 32768, &v, err, len);
+		if (!ret && (v & (v - 1)))
+			return bad(err, len, "invalid value '%s' for --buffers: "
+				   "must be a power of two%s", arg, "");
+		cfg->buffers = (uint32_t)v;
+		break;
+	case 's':
+		ret = num("buffer-size", arg, 512, 1u << 20, &v, err, len);
+		cfg->buffer_size = (uint32_t)v;
+		break;
+	case 'c':
+		ret = num("max-conns", arg, 1, RL_CONN_MAX_PROCESS, &v, err, len);
+		cfg->max_conns = (uint32_t)v;
+		break;
+	case OPT_HIGH:
+		ret = num("high-water", arg, 1, 1ull << 40, &v, err, len);
+		cfg->high_water = v;
+		break;
+	case OPT_LOW:
+		ret = num("low-water", arg, 0, 1ull << 40, &v, err, len);
+		cfg->low_water = v;
+		break;
+	case OPT_UNCONSUMED:
+		ret = num("max-unconsumed", arg, 1, 1u << 30, &v, err, len);
+		cfg->max_unconsumed = v;
+		break;
+	case OPT_DRAIN:
+		ret = num("drain-timeout", arg, 0, 3600000, &v, err, len);
+		cfg->drain_timeout_ms = (uint32_t)v;
+		break;
+	case OPT_PIN:
+		cfg->pin = 1;
+		return 0;
+	case OPT_LOGLEVEL:
+		cfg->log_level = rl_log_parse_level(arg);
+		if (cfg->log_level < 0)
+			return bad(err, len, "invalid value '%s' for --log-level: "
+				   "expected error, warn, info or debug%s", arg, "");
+		return 0;
+	case OPT_BUILTIN:
+		if (strcmp(arg, "echo"))
+			return bad(err, len, "unknown --builtin '%s' (known: echo)%s",
+				   arg, "");
+		cfg->builtin = arg;
+		return 0;
+	case OPT_CHECK:
+		cfg->check_only = 1;
+		return 0;
+	}
+	return ret;
+}
+
+int rl_options_parse(struct rl_config *cfg, int argc, char **argv,
+		     char *err, size_t len)
+{
+	int opt, ret;
+
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":l:w:b:s:c:hV", longopts,
+				  NULL)) != -1) {
+		switch (opt) {
+		case 'h':
+			return RL_OPT_HELP;
+		case 'V':
+			return RL_OPT_VERSION;
+		case ':':
+			return bad(err, len, "option '%s' needs a value%s",
+				   argv[optind - 1], "");
+		case '?':
+			return bad(err, len, "unknown option '%s' (see --help)%s",
+				   argv[optind - 1], "");
+		default:
+			ret = set_option(cfg, opt, optarg, err, len);
+			if (ret)
+				return ret;
+		}
+	}
+	if (optind < argc)
+		cfg->script = argv[optind++];
+	if (optind < argc)
+		return bad(err, len, "unexpected argument '%s' (one script only)%s",
+			   argv[optind], "");
+	if (!cfg->script && !cfg->builtin)
+		return bad(err, len, "no script given (usage: ringline [options] "
+			   "SCRIPT.lua, see --help)%s%s", "", "");
+	if (cfg->script && cfg->builtin)
+		return bad(err, len, "give a script or --builtin, not both%s%s",
+			   "", "");
+	if (cfg->builtin && cfg->nlisten == 0)
+		return bad(err, len, "--builtin needs --listen%s%s", "", "");
+	if (cfg->low_water >= cfg->high_water)
+		return bad(err, len, "--low-water must be below --high-water%s%s",
+			   "", "");
+	return RL_OPT_RUN;
+}

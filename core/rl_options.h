@@ -1,0 +1,44 @@
+/* rl_options.h: the command line, parsed into the process configuration. */
+#ifndef RL_OPTIONS_H
+#define RL_OPTIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RL_MAX_LISTEN 16
+#define RL_CONN_MAX_PROCESS (1u << 20)  /* a worker table holds at most this */
+
+struct rl_config {
+	const char *script;
+	const char *listen[RL_MAX_LISTEN];
+	int nlisten;
+	int workers;
+	uint32_t buffers;         /* provided ring entries per worker */
+	uint32_t buffer_size;     /* bytes per provided buffer */
+	uint32_t max_conns;       /* process-wide */
+	size_t high_water;        /* unsent bytes that pause a connection's recv */
+	size_t low_water;         /* ... and that resume it */
+	size_t max_unconsumed;    /* residue limit per connection */
+	uint32_t drain_timeout_ms;
+	int log_level;
+	int pin;                  /* pin worker i to CPU i */
+	int check_only;           /* --check: load the script and exit */
+	const char *builtin;      /* "echo": C handler, no script */
+};
+
+enum rl_options_result {
+	RL_OPT_RUN = 0,
+	RL_OPT_HELP = 1,     /* --help printed: exit 0 */
+	RL_OPT_VERSION = 2,  /* --version printed: exit 0 */
+};
+
+void rl_options_defaults(struct rl_config *cfg, int online_cpus);
+/* Parse argv into cfg.  Returns an rl_options_result, or -EINVAL with a
+ * one-line explanation in err. */
+int rl_options_parse(struct rl_config *cfg, int argc, char **argv,
+		     char *err, size_t errlen);
+/* "64k", "1m", "4096" -> bytes.  -EINVAL on junk or overflow. */
+int rl_parse_size(const char *s, uint64_t *out);
+const char *rl_options_usage(void);
+
+#endif

@@ -1,0 +1,265 @@
+/* rl_sendq.c: a connection's queue of bytes to send, copied or leased. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rl_sendq.h"
+
+/* -- Chunk pool ---------------------------------------------------------- */
+
+int rl_chunkpool_init(struct rl_chunkpool *p, uint32_t max)
+{
+	p->free = calloc(max ? max : 1, sizeof(*p->free));
+	p->count = 0;
+	p->max = max;
+	return p->free ? 0 : -ENOMEM;
+}
+
+void rl_chunkpool_free(struct rl_chunkpool *p)
+{
+	while (p->count)
+		free(p->free[--p->count]);
+	free(p->free);
+	p->free = NULL;
+}
+
+static uint8_t *chunk_get(struct rl_chunkpool *p, uint32_t *cap, size_t want)
+{
+	/* Large strings get a piece of their own size: one copy, one iovec. */
+	if (want > RL_CHUNK_SIZE) {
+		*cap = (uint32_t)want;
+		return malloc(want);
+	}
+	*cap = RL_CHUNK_SIZE;
+	if (p->count)
+		return p->free[--p->count];
+	return malloc(RL_CHUNK_SIZE);
+}
+
+static void chunk_put(struct rl_chunkpool *p, uint8_t *c, uint32_t cap)
+{
+	if (cap == RL_CHUNK_SIZE && p->count < p->max)
+		p->free[p->count++] = c;
+	else
+		free(c);
+}
+
+/* -- Segments ------------------------------------------------------------ */
+
+void rl_sendq_init(struct rl_sendq *q)
+{
+	memset(q, 0, sizeof(*q));
+	q->segs = q->inline_segs;
+	q->cap = RL_SENDQ_INLINE;
+}
+
+static struct rl_sendseg *seg_at(const struct rl_sendq *q, uint32_t i)
+{
+	return &q->segs[(q->head + i) & (q->cap - 1)];
+}
+
+static int grow(struct rl_sendq *q)
+{
+	uint32_t cap = q->cap * 2;
+	struct rl_sendseg *s = malloc(cap * sizeof(*s));
+
+	if (!s)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < q->count; i++)
+		s[i] = *seg_at(q, i);
+	if (q->segs != q->inline_segs)
+		free(q->segs);
+	q->segs = s;
+	q->cap = cap;
+	q->head = 0;
+	return 0;
+}
+
+/* Back to the inline array once the queue empties: memory follows traffic. */
+static void shrink_if_empty(struct rl_sendq *q)
+{
+	if (q->count)
+		return;
+	q->head = 0;
+	if (q->segs != q->inline_segs) {
+		free(q->segs);
+		q->segs = q->inline_segs;
+		q->cap = RL_SENDQ_INLINE;
+	}
+}
+
+static struct rl_sendseg *seg_push(struct rl_sendq *q)
+{
+	if (q->count == q->cap && grow(q))
+		return NULL;
+	q->count++;
+	return seg_at(q, q->count - 1);
+}
+
+int rl_sendq_push_copy(struct rl_sendq *q, struct rl_chunkpool *pool,
+		       const void *p, size_t len)
+{
+	const uint8_t *src = p;
+	struct rl_sendseg *t;
+
+	if (q->count) {
+		t = seg_at(q, q->count - 1);
+		if (t->bid < 0 && t->len < t->cap) {
+			size_t n = t->cap - t->len < len ? t->cap - t->len : len;
+
+			memcpy(t->base + t->len, src, n);
+			t->len += n;
+			q->bytes += n;
+			src += n;
+			len -= n;
+		}
+	}
+	if (!len)
+		return 0;
+	t = seg_push(q);
+	if (!t)
+		return -ENOMEM;
+	t->base = chunk_get(pool, &t->cap, len);
+	if (!t->base) {
+		q->count--;
+		return -ENOMEM;
+	}
+	memcpy(t->base, src, len);
+	t->off = 0;
+	t->len = (uint32_t)len;
+	t->bid = -1;
+	q->bytes += len;
+	return 0;
+}
+
+int rl_sendq_push_ref(struct rl_sendq *q, struct rl_bufring *br,
+		      const void *p, size_t len, int32_t bid)
+{
+	struct rl_sendseg *t;
+
+	if (!len)
+		return 0;
+	/* Contiguous with the last range of the same buffer: extend it, the
+	 * lease it holds covers both. */
+	if (q->count) {
+		t = seg_at(q, q->count - 1);
+		if (t->bid == bid && t->base + t->len == (const uint8_t *)p) {
+			t->len += (uint32_t)len;
+			q->bytes += len;
+			return 0;
+		}
+	}
+	if (rl_bufring_ref(br, (uint32_t)bid))
+		return -EINVAL;
+	t = seg_push(q);
+	if (!t) {
+		rl_bufring_unref(br, (uint32_t)bid);
+		return -ENOMEM;
+	}
+	t->base = (uint8_t *)p;
+	t->off = 0;
+	t->len = (uint32_t)len;
+	t->cap = 0;
+	t->bid = bid;
+	q->bytes += len;
+	return 0;
+}
+
+int rl_sendq_iov(const struct rl_sendq *q, struct iovec *iov, int max,
+		 size_t *bytes)
+{
+	int n = 0;
+
+	*bytes = 0;
+	for (uint32_t i = 0; i < q->count && n < max; i++) {
+		struct rl_sendseg *s = seg_at(q, i);
+
+		if (s->len == s->off)
+			continue;
+		iov[n].iov_base = s->base + s->off;
+		iov[n].iov_len = s->len - s->off;
+		*bytes += iov[n].iov_len;
+		n++;
+	}
+	return n;
+}
+
+static void seg_release(struct rl_sendseg *s, struct rl_chunkpool *pool,
+			struct rl_bufring *br)
+{
+	if (s->bid >= 0)
+		rl_bufring_unref(br, (uint32_t)s->bid);
+	else
+		chunk_put(pool, s->base, s->cap);
+}
+
+void rl_sendq_advance(struct rl_sendq *q, struct rl_chunkpool *pool,
+		      struct rl_bufring *br, size_t n)
+{
+	while (q->count) {
+		struct rl_sendseg *s = seg_at(q, 0);
+		size_t left = s->len - s->off;
+
+		if (n < left) {
+			s->off += (uint32_t)n;
+			q->bytes -= n;
+			return;
+		}
+		/* Released even if it could take more bytes: an idle
+		 * connection keeps no send memory; the pool makes the next
+		 * chunk cheap. */
+		n -= left;
+		q->bytes -= left;
+		seg_release(s, pool, br);
+		q->head = (q->head + 1) & (q->cap - 1);
+		q->count--;
+	}
+	shrink_if_empty(q);
+}
+
+int rl_sendq_has_refs(const struct rl_sendq *q)
+{
+	for (uint32_t i = 0; i < q->count; i++)
+		if (seg_at(q, i)->bid >= 0)
+			return 1;
+	return 0;
+}
+
+int rl_sendq_detach(struct rl_sendq *q, struct rl_chunkpool *pool,
+		    struct rl_bufring *br)
+{
+	(void)pool;
+	for (uint32_t i = 0; i < q->count; i++) {
+		struct rl_sendseg *s = seg_at(q, i);
+		uint32_t n = s->len - s->off;
+		uint8_t *copy;
+
+		if (s->bid < 0)
+			continue;
+		/* Exact size: this only happens for slow readers, and the
+		 * copy must not be appended to (it sits mid-queue). */
+		copy = malloc(n ? n : 1);
+		if (!copy)
+			return -ENOMEM;
+		memcpy(copy, s->base + s->off, n);
+		rl_bufring_unref(br, (uint32_t)s->bid);
+		s->base = copy;
+		s->off = 0;
+		s->len = n;
+		s->cap = n;
+		s->bid = -1;
+	}
+	return 0;
+}
+
+void rl_sendq_clear(struct rl_sendq *q, struct rl_chunkpool *pool,
+		    struct rl_bufring *br)
+{
+	while (q->count) {
+		seg_release(seg_at(q, 0), pool, br);
+		q->head = (q->head + 1) & (q->cap - 1);
+		q->count--;
+	}
+	q->bytes = 0;
+	shrink_if_empty(q);
+}

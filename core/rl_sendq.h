@@ -1,0 +1,71 @@
+/* rl_sendq.h: a connection's queue of bytes to send, copied or leased.
+ *
+ * A segment is either a chunk we own (a copy of a Lua string) or a range of
+ * a ring buffer that the segment holds a lease on (a zero-copy send of a
+ * received slice).  A segment's bytes are released only when a send
+ * completion says the kernel is done with them.
+ */
+#ifndef RL_SENDQ_H
+#define RL_SENDQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "rl_bufring.h"
+
+#define RL_SENDQ_INLINE 4
+#define RL_CHUNK_SIZE 4096
+
+/* Free list of send chunks, one per worker: no allocation per send once
+ * traffic is steady. */
+struct rl_chunkpool {
+	void **free;
+	uint32_t count;
+	uint32_t max;
+};
+
+struct rl_sendseg {
+	uint8_t *base;
+	uint32_t off;      /* bytes already sent */
+	uint32_t len;      /* bytes queued */
+	uint32_t cap;      /* chunk capacity; 0 for a ring buffer range */
+	int32_t bid;       /* ring buffer leased, or -1 for an owned chunk */
+};
+
+struct rl_sendq {
+	struct rl_sendseg *segs;     /* inline or heap ring of segments */
+	uint32_t head;
+	uint32_t count;
+	uint32_t cap;
+	size_t bytes;                /* queued and not yet sent */
+	struct rl_sendseg inline_segs[RL_SENDQ_INLINE];
+};
+
+int rl_chunkpool_init(struct rl_chunkpool *p, uint32_t max);
+void rl_chunkpool_free(struct rl_chunkpool *p);
+
+void rl_sendq_init(struct rl_sendq *q);
+/* Copy len bytes in.  0 or -ENOMEM. */
+int rl_sendq_push_copy(struct rl_sendq *q, struct rl_chunkpool *pool,
+		       const void *p, size_t len);
+/* Queue len bytes of ring buffer bid without copying; takes a lease. */
+int rl_sendq_push_ref(struct rl_sendq *q, struct rl_bufring *br,
+		      const void *p, size_t len, int32_t bid);
+/* Fill iov with up to max pieces from the front; returns pieces. */
+int rl_sendq_iov(const struct rl_sendq *q, struct iovec *iov, int max,
+		 size_t *bytes);
+/* n bytes were sent: release what is done. */
+void rl_sendq_advance(struct rl_sendq *q, struct rl_chunkpool *pool,
+		      struct rl_bufring *br, size_t n);
+/* Copy leased ranges into owned chunks and end their leases, so a peer that
+ * reads slowly cannot keep ring buffers from everyone else.  Only call
+ * while no send is in flight.  0 or -ENOMEM (queue unchanged). */
+int rl_sendq_detach(struct rl_sendq *q, struct rl_chunkpool *pool,
+		    struct rl_bufring *br);
+/* Does any queued segment hold a ring buffer lease? */
+int rl_sendq_has_refs(const struct rl_sendq *q);
+void rl_sendq_clear(struct rl_sendq *q, struct rl_chunkpool *pool,
+		    struct rl_bufring *br);
+
+#endif

@@ -1,0 +1,1008 @@
+/* rl_worker.c: one worker thread: its ring, buffers, connections and loop.
+ *
+ * The loop is driven from outside (Lua, or the C echo baseline): each
+ * rl_worker_poll() call ends the previous batch (handler leases end,
+ * queued sends are submitted, parked receives re-armed, the buffer ring
+ * tail is published once), waits, and turns completions into events.
+ *
+ * Who owns what:
+ * - A received buffer: the handler's lease lasts until the next poll; each
+ *   send segment that points into it holds another lease until the send
+ *   completion releases it (rl_bufring.h).
+ * - A slot: freed only once its CLOSE event has been handed out, so an
+ *   accept in the same batch cannot reuse it before Lua saw the close.
+ * - An fd: closed only when no recv and no send is in the kernel for it,
+ *   so a completion never refers to a recycled descriptor.
+ * - user_data carries (op, generation, slot); a completion whose generation
+ *   no longer matches its slot belongs to a connection that is gone.
+ */
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rl_log.h"
+#include "rl_worker.h"
+
+#define likely(x)   __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define NOINLINE    __attribute__((noinline))
+
+#define RL_BGID 0
+#define ACCEPT_RETRY_NS (100ull * 1000000)
+
+#ifndef IORING_CQE_BUFFER_SHIFT
+#define IORING_CQE_BUFFER_SHIFT 16
+#endif
+
+enum rl_op {
+	OP_ACCEPT = 1,
+	OP_RECV,
+	OP_SEND,
+	OP_CANCEL,
+	OP_WAKE,
+};
+
+static inline uint64_t ud_make(enum rl_op op, uint32_t gen, uint32_t idx)
+{
+	return (uint64_t)op << 56 | (uint64_t)(gen & RL_CONN_GEN_MASK) << 32 | idx;
+}
+
+static inline enum rl_op ud_op(uint64_t ud) { return (enum rl_op)(ud >> 56); }
+static inline uint32_t ud_gen(uint64_t ud) { return (ud >> 32) & RL_CONN_GEN_MASK; }
+static inline uint32_t ud_idx(uint64_t ud) { return (uint32_t)ud; }
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+/* -- Small vectors ------------------------------------------------------- */
+
+static NOINLINE int vec_grow(struct rl_vec *v, size_t elem)
+{
+	uint32_t cap = v->cap ? v->cap * 2 : 64;
+	void *p;
+
+	/* Compact first: a FIFO whose head moved on has room at the front. */
+	if (v->head) {
+		memmove(v->p, (char *)v->p + (size_t)v->head * elem,
+			(size_t)(v->n - v->head) * elem);
+		v->n -= v->head;
+		v->head = 0;
+		if (v->n < v->cap)
+			return 0;
+	}
+	p = realloc(v->p, (size_t)cap * elem);
+	if (!p)
+		return -ENOMEM;
+	v->p = p;
+	v->cap = cap;
+	return 0;
+}
+
+static inline int vec_push32(struct rl_vec *v, uint32_t x)
+{
+	if (unlikely(v->n == v->cap) && vec_grow(v, sizeof(x)))
+		return -ENOMEM;
+	((uint32_t *)v->p)[v->n++] = x;
+	return 0;
+}
+
+static inline int vec_push64(struct rl_vec *v, uint64_t x)
+{
+	if (unlikely(v->n == v->cap) && vec_grow(v, sizeof(x)))
+		return -ENOMEM;
+	((uint64_t *)v->p)[v->n++] = x;
+	return 0;
+}
+
+static void vec_free(struct rl_vec *v)
+{
+	free(v->p);
+	memset(v, 0, sizeof(*v));
+}
+
+/* -- Submission ---------------------------------------------------------- */
+
+static void submit_now(struct rl_worker *w)
+{
+	int ret = io_uring_submit(&w->ring);
+
+	/* sendmsg headers are copied by the kernel at submission, so the
+	 * slots are free again once the SQEs are consumed. */
+	if (ret >= 0 || io_uring_sq_ready(&w->ring) == 0)
+		w->nslots = 0;
+}
+
+static struct io_uring_sqe *get_sqe(struct rl_worker *w)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+
+	while (unlikely(!sqe)) {
+		submit_now(w);
+		sqe = io_uring_get_sqe(&w->ring);
+	}
+	return sqe;
+}
+
+static void queue_work(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	if (c->queued)
+		return;
+	/* On allocation failure the connection is simply looked at on its
+	 * next completion. */
+	if (vec_push32(&w->work, idx) == 0)
+		c->queued = 1;
+}
+
+static void arm_recv(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	struct io_uring_sqe *sqe = get_sqe(w);
+
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = w->br.bgid;
+	io_uring_sqe_set_data64(sqe, ud_make(OP_RECV, c->gen, idx));
+	c->recv_armed = 1;
+}
+
+static void cancel_recv(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	struct io_uring_sqe *sqe = get_sqe(w);
+
+	io_uring_prep_cancel64(sqe, ud_make(OP_RECV, c->gen, idx), 0);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0));
+}
+
+static void arm_accept(struct rl_worker *w, int li)
+{
+	struct io_uring_sqe *sqe = get_sqe(w);
+
+	io_uring_prep_multishot_accept(sqe, w->ls[li].fd, NULL, NULL,
+				       SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_ACCEPT, 0, (uint32_t)li));
+	w->ls[li].armed = 1;
+}
+
+static void arm_wake(struct rl_worker *w)
+{
+	struct io_uring_sqe *sqe = get_sqe(w);
+
+	io_uring_prep_read(sqe, w->wake_fd, &w->wake_buf, sizeof(w->wake_buf), 0);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_WAKE, 0, 0));
+}
+
+static void submit_send(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	struct io_uring_sqe *sqe;
+	struct rl_send_slot *slot;
+	size_t bytes;
+	int niov;
+
+	if (w->nslots == RL_SEND_SLOTS)
+		submit_now(w);
+	sqe = get_sqe(w);
+	slot = &w->slots[w->nslots];
+	niov = rl_sendq_iov(&c->sq, slot->iov, RL_IOV_MAX, &bytes);
+	if (niov == 1) {
+		io_uring_prep_send(sqe, c->fd, slot->iov[0].iov_base,
+				   slot->iov[0].iov_len, MSG_NOSIGNAL);
+	} else {
+		/* Queued sends go out together: one sendmsg, many pieces. */
+		memset(&slot->msg, 0, sizeof(slot->msg));
+		slot->msg.msg_iov = slot->iov;
+		slot->msg.msg_iovlen = niov;
+		io_uring_prep_sendmsg(sqe, c->fd, &slot->msg, MSG_NOSIGNAL);
+		w->nslots++;
+	}
+	io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, idx));
+	c->send_inflight = 1;
+	c->inflight_bytes = (uint32_t)(bytes > UINT32_MAX ? UINT32_MAX : bytes);
+}
+
+/* -- Connection life ------------------------------------------------------ */
+
+static inline int want_recv(const struct rl_conn *c)
+{
+	return c->state == RL_CONN_OPEN && !c->rd_eof && !c->recv_paused &&
+	       !c->close_req && !c->aborting;
+}
+
+static void conn_shutdown(struct rl_conn *c)
+{
+	/* Wakes a recv or send waiting in the kernel, which then completes;
+	 * with sends finished it also tells the peer we are done. */
+	if (!c->shut) {
+		shutdown(c->fd, SHUT_RDWR);
+		c->shut = 1;
+	}
+}
+
+static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	close(c->fd);
+	c->fd = -1;
+	rl_rxbuf_free(&c->rx);
+	rl_sendq_clear(&c->sq, &w->pool, &w->br);
+	c->state = RL_CONN_DEAD;
+	c->parked = 0;
+	if (vec_push32(&w->closed, idx)) {
+		/* Cannot report the close: free the slot now rather than leak
+		 * it; Lua drops the connection when the slot's next OPEN
+		 * arrives. */
+		rl_conntab_release(&w->conns, idx);
+	}
+	atomic_fetch_sub(&w->shared->live_conns, 1);
+	w->stats.closed++;
+}
+
+static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	if (!c->recv_paused && c->sq.bytes > w->cfg->high_water) {
+		/* The peer does not read what we send: stop reading what it
+		 * sends until our queue drains. */
+		c->recv_paused = 1;
+		w->stats.paused++;
+		if (c->recv_armed)
+			cancel_recv(w, c, idx);
+	} else if (c->recv_paused && c->sq.bytes <= w->cfg->low_water) {
+		c->recv_paused = 0;
+	}
+}
+
+static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	if (unlikely(c->aborting)) {
+		c->state = RL_CONN_CLOSING;
+		conn_shutdown(c);
+		if (!c->send_inflight)
+			rl_sendq_clear(&c->sq, &w->pool, &w->br);
+	} else {
+		if (c->sq.bytes && !c->send_inflight)
+			submit_send(w, c, idx);
+		backpressure(w, c, idx);
+		/* A close is acted on only once every answer is out. */
+		if (c->state == RL_CONN_OPEN && (c->rd_eof || c->close_req) &&
+		    !c->sq.bytes && !c->send_inflight) {
+			c->state = RL_CONN_CLOSING;
+			conn_shutdown(c);
+		}
+		if (want_recv(c) && !c->recv_armed && !c->parked)
+			arm_recv(w, c, idx);
+	}
+	if (c->state == RL_CONN_CLOSING && !c->recv_armed && !c->send_inflight)
+		finalize(w, c, idx);
+}
+
+static void process_work(struct rl_worker *w)
+{
+	uint32_t *work = w->work.p;
+
+	/* process_conn never queues work, so the list is stable here. */
+	for (uint32_t i = 0; i < w->work.n; i++) {
+		struct rl_conn *c = rl_conntab_at(&w->conns, work[i]);
+
+		c->queued = 0;
+		if (c->state == RL_CONN_OPEN || c->state == RL_CONN_CLOSING)
+			process_conn(w, c, work[i]);
+	}
+	w->work.n = 0;
+}
+
+/* Re-arm receives that stopped on ENOBUFS, oldest first, at most one per
+ * buffer now in the ring: re-arming with nothing to give them would just
+ * fail again at once and spin. */
+static void rearm_parked(struct rl_worker *w)
+{
+	uint32_t avail = rl_bufring_available(&w->br);
+	uint64_t *p = w->parked.p;
+
+	while (w->parked.head < w->parked.n && avail) {
+		uint64_t e = p[w->parked.head++];
+		uint32_t idx = (uint32_t)e;
+		struct rl_conn *c = rl_conntab_get(&w->conns, idx,
+						   (uint32_t)(e >> 32));
+
+		if (!c || !c->parked)
+			continue;
+		c->parked = 0;
+		if (want_recv(c) && !c->recv_armed) {
+			arm_recv(w, c, idx);
+			avail--;
+		}
+	}
+	if (w->parked.head == w->parked.n)
+		w->parked.head = w->parked.n = 0;
+}
+
+static void rearm_listeners(struct rl_worker *w, uint64_t now)
+{
+	for (int i = 0; i < w->nls; i++)
+		if (!w->ls[i].armed && w->ls[i].fd >= 0 &&
+		    now >= w->ls[i].retry_at_ns)
+			arm_accept(w, i);
+}
+
+static void release_held(struct rl_worker *w)
+{
+	uint32_t *bids = w->held.p;
+
+	for (uint32_t i = 0; i < w->held.n; i++)
+		rl_bufring_unref(&w->br, bids[i]);
+	w->held.n = 0;
+}
+
+static NOINLINE void begin_stop(struct rl_worker *w)
+{
+	w->stopping = 1;
+	w->deadline_ns = now_ns() + (uint64_t)w->cfg->drain_timeout_ms * 1000000;
+	for (int i = 0; i < w->nls; i++) {
+		if (w->ls[i].armed) {
+			struct io_uring_sqe *sqe = get_sqe(w);
+
+			io_uring_prep_cancel64(sqe, ud_make(OP_ACCEPT, 0, i), 0);
+			io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0));
+		}
+		/* The in-flight accept holds its own file reference. */
+		if (w->ls[i].fd >= 0)
+			close(w->ls[i].fd);
+		w->ls[i].fd = -1;
+	}
+	for (uint32_t i = 0; i < w->conns.top; i++) {
+		struct rl_conn *c = rl_conntab_at(&w->conns, i);
+
+		if (c->state != RL_CONN_OPEN)
+			continue;
+		c->close_req = 1;
+		if (!c->close_reason)
+			c->close_reason = RL_CLOSE_SHUTDOWN;
+		queue_work(w, c, i);
+	}
+	rl_info(w->id, "stopping: draining %u connection(s), up to %u ms",
+		w->conns.used, w->cfg->drain_timeout_ms);
+}
+
+static NOINLINE void abort_all(struct rl_worker *w)
+{
+	w->aborted = 1;
+	for (uint32_t i = 0; i < w->conns.top; i++) {
+		struct rl_conn *c = rl_conntab_at(&w->conns, i);
+
+		if (c->state != RL_CONN_OPEN && c->state != RL_CONN_CLOSING)
+			continue;
+		c->aborting = 1;
+		queue_work(w, c, i);
+	}
+	rl_warn(w->id, "drain timeout: aborting remaining connections");
+}
+
+/* -- Completions ---------------------------------------------------------- */
+
+static NOINLINE int on_accept(struct rl_worker *w, struct io_uring_cqe *cqe,
+			      rl_event *ev)
+{
+	struct rl_listener *l = &w->ls[ud_idx(cqe->user_data)];
+	const struct rl_config *cfg = w->cfg;
+	int fd = cqe->res, one = 1;
+	struct rl_conn *c;
+	uint32_t idx;
+
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		l->armed = 0;
+	if (fd < 0) {
+		if (fd != -ECANCELED && !w->stopping) {
+			/* EMFILE and friends: try again later, not at once. */
+			rl_warn(w->id, "accept failed: %s; retrying in 100 ms",
+				strerror(-fd));
+			l->retry_at_ns = now_ns() + ACCEPT_RETRY_NS;
+		}
+		return 0;
+	}
+	if (w->stopping)
+		goto reject;
+	if (atomic_fetch_add(&w->shared->live_conns, 1) >= cfg->max_conns) {
+		atomic_fetch_sub(&w->shared->live_conns, 1);
+		goto reject;
+	}
+	c = rl_conntab_alloc(&w->conns, &idx);
+	if (!c) {
+		atomic_fetch_sub(&w->shared->live_conns, 1);
+		goto reject;
+	}
+	c->fd = fd;
+	if (!l->is_unix)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	w->stats.accepted++;
+	arm_recv(w, c, idx);
+	ev->type = RL_EV_OPEN;
+	ev->conn = idx;
+	ev->gen = c->gen;
+	ev->bid = -1;
+	ev->ptr = NULL;
+	ev->len = 0;
+	ev->res = 0;
+	return 1;
+reject:
+	/* Over the limit: closed at once, existing connections unaffected. */
+	w->stats.rejected++;
+	close(fd);
+	if (w->stats.rejected == 1 || (w->stats.rejected & 1023) == 0)
+		rl_warn(w->id, "connection limit (%u) reached: %llu rejected",
+			cfg->max_conns, (unsigned long long)w->stats.rejected);
+	return 0;
+}
+
+static NOINLINE void recv_ended(struct rl_worker *w, struct rl_conn *c,
+				uint32_t idx, int res)
+{
+	if (res == 0) {
+		c->rd_eof = 1;
+	} else if (res == -ENOBUFS) {
+		/* The ring is empty.  The bytes wait in the socket; the recv
+		 * is re-armed when buffers come back. */
+		if (want_recv(c) && !c->parked &&
+		    vec_push64(&w->parked, (uint64_t)c->gen << 32 | idx) == 0) {
+			c->parked = 1;
+			w->stats.enobufs++;
+		}
+	} else if (res < 0 && res != -ECANCELED) {
+		if (!c->close_reason)
+			c->close_reason = res;
+		c->aborting = 1;
+	}
+	queue_work(w, c, idx);
+}
+
+static inline int on_recv(struct rl_worker *w, struct io_uring_cqe *cqe,
+			  rl_event *ev)
+{
+	uint32_t idx = ud_idx(cqe->user_data);
+	struct rl_conn *c = rl_conntab_get(&w->conns, idx,
+					   ud_gen(cqe->user_data));
+	int res = cqe->res;
+	int32_t bid = -1;
+
+	if (cqe->flags & IORING_CQE_F_BUFFER) {
+		bid = (int32_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+		rl_bufring_take(&w->br, (uint32_t)bid);
+	}
+	if (c && !(cqe->flags & IORING_CQE_F_MORE)) {
+		/* Multishot ended; process_conn re-arms it if wanted. */
+		c->recv_armed = 0;
+		queue_work(w, c, idx);
+	}
+	if (likely(res > 0 && bid >= 0 && c && c->state == RL_CONN_OPEN &&
+		   !c->close_req && !c->aborting)) {
+		w->stats.bytes_in += (uint64_t)res;
+		if (likely(vec_push32(&w->held, (uint32_t)bid) == 0)) {
+			ev->type = RL_EV_DATA;
+			ev->conn = idx;
+			ev->gen = c->gen;
+			ev->bid = bid;
+			ev->ptr = rl_bufring_addr(&w->br, (uint32_t)bid);
+			ev->len = (uint32_t)res;
+			ev->res = 0;
+			return 1;
+		}
+		/* Cannot track the lease: the connection cannot be served
+		 * without losing bytes, so it ends. */
+		c->close_reason = -ENOMEM;
+		c->aborting = 1;
+	}
+	/* Nobody will look at these bytes: the connection is gone or
+	 * closing. */
+	if (bid >= 0)
+		rl_bufring_unref(&w->br, (uint32_t)bid);
+	if (c && res <= 0)
+		recv_ended(w, c, idx, res);
+	return 0;
+}
+
+static void on_send(struct rl_worker *w, struct io_uring_cqe *cqe)
+{
+	uint32_t idx = ud_idx(cqe->user_data);
+	struct rl_conn *c = rl_conntab_get(&w->conns, idx,
+					   ud_gen(cqe->user_data));
+	int res = cqe->res;
+
+	/* A slot is never freed with a send in flight, so c is live. */
+	if (unlikely(!c))
+		return;
+	c->send_inflight = 0;
+	if (likely(res > 0)) {
+		rl_sendq_advance(&c->sq, &w->pool, &w->br, (size_t)res);
+		w->stats.bytes_out += (uint64_t)res;
+		/* A short send means the peer reads slower than we write:
+		 * give its ring buffers back by copying what is left. */
+		c->slow = (uint32_t)res < c->inflight_bytes;
+		if (unlikely(c->slow) && rl_sendq_has_refs(&c->sq))
+			rl_sendq_detach(&c->sq, &w->pool, &w->br);
+	} else if (res < 0) {
+		if (!c->close_reason)
+			c->close_reason = res;
+		c->aborting = 1;
+	}
+	queue_work(w, c, idx);
+}
+
+static NOINLINE void on_wake(struct rl_worker *w, struct io_uring_cqe *cqe)
+{
+	(void)cqe;
+	if (atomic_exchange(&w->reload_req, 0))
+		w->reload_pending = 1;
+	if (!atomic_load(&w->stop_req))
+		arm_wake(w);
+}
+
+static inline int on_cqe(struct rl_worker *w, struct io_uring_cqe *cqe,
+			 rl_event *ev)
+{
+	switch (ud_op(cqe->user_data)) {
+	case OP_RECV:
+		return on_recv(w, cqe, ev);
+	case OP_SEND:
+		on_send(w, cqe);
+		return 0;
+	case OP_ACCEPT:
+		return on_accept(w, cqe, ev);
+	case OP_WAKE:
+		on_wake(w, cqe);
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static int reap(struct rl_worker *w, rl_event *ev, int n, int max)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, seen = 0;
+
+	/* Each completion makes at most one event: stop while there is room
+	 * for it; the rest wait in the CQ for the next batch. */
+	io_uring_for_each_cqe(&w->ring, head, cqe) {
+		if (n >= max)
+			break;
+		n += on_cqe(w, cqe, &ev[n]);
+		seen++;
+	}
+	io_uring_cq_advance(&w->ring, seen);
+	return n;
+}
+
+static int emit_closed(struct rl_worker *w, rl_event *ev, int n, int max)
+{
+	uint32_t *q = w->closed.p;
+
+	while (w->closed.head < w->closed.n && n < max) {
+		uint32_t idx = q[w->closed.head++];
+		struct rl_conn *c = rl_conntab_at(&w->conns, idx);
+
+		ev[n].type = RL_EV_CLOSE;
+		ev[n].conn = idx;
+		ev[n].gen = c->gen;
+		ev[n].bid = -1;
+		ev[n].ptr = NULL;
+		ev[n].len = 0;
+		ev[n].res = c->close_reason;
+		n++;
+		rl_conntab_release(&w->conns, idx);
+	}
+	if (w->closed.head == w->closed.n)
+		w->closed.head = w->closed.n = 0;
+	return n;
+}
+
+static void wait_completions(struct rl_worker *w, int block, uint64_t now)
+{
+	struct io_uring_cqe *cqe;
+	struct __kernel_timespec ts;
+	uint64_t until = UINT64_MAX;
+	int ret;
+
+	if (!block) {
+		/* DEFER_TASKRUN: completions are posted only when we enter
+		 * the kernel asking for events. */
+		ret = io_uring_submit_and_get_events(&w->ring);
+		goto out;
+	}
+	if (w->stopping)
+		until = w->aborted ? now + 100000000ull : w->deadline_ns;
+	for (int i = 0; i < w->nls; i++)
+		if (!w->ls[i].armed && w->ls[i].fd >= 0 &&
+		    w->ls[i].retry_at_ns < until)
+			until = w->ls[i].retry_at_ns;
+	if (until == UINT64_MAX) {
+		ret = io_uring_submit_and_wait(&w->ring, 1);
+	} else {
+		uint64_t d = until > now ? until - now : 0;
+
+		ts.tv_sec = d / 1000000000ull;
+		ts.tv_nsec = d % 1000000000ull;
+		ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts,
+						       NULL);
+	}
+out:
+	if (ret >= 0 || ret == -ETIME || ret == -EINTR)
+		w->nslots = 0;
+	else if (ret != -EBUSY && ret != -EAGAIN)
+		rl_err(w->id, "io_uring_enter failed: %s", strerror(-ret));
+}
+
+int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
+{
+	uint64_t now = 0;
+	int n;
+
+	if (unlikely(max <= 0))
+		return 0;
+	release_held(w);
+	if (unlikely(atomic_load_explicit(&w->stop_req, memory_order_relaxed)) &&
+	    !w->stopping)
+		begin_stop(w);
+	process_work(w);
+	if (w->parked.n)
+		rearm_parked(w);
+	rl_bufring_publish(&w->br);
+
+	n = emit_closed(w, ev, 0, max);
+	if (unlikely(w->reload_pending) && n < max) {
+		memset(&ev[n], 0, sizeof(ev[n]));
+		ev[n++].type = RL_EV_RELOAD;
+		w->reload_pending = 0;
+	}
+	if (unlikely(w->stopping)) {
+		now = now_ns();
+		if (w->conns.used == 0 && n == 0)
+			return -1;
+		if (!w->aborted && now >= w->deadline_ns)
+			abort_all(w);
+	}
+	for (int i = 0; i < w->nls; i++) {
+		if (unlikely(!w->ls[i].armed && w->ls[i].fd >= 0)) {
+			if (!now)
+				now = now_ns();
+			rearm_listeners(w, now);
+			break;
+		}
+	}
+	wait_completions(w, n == 0 && w->work.n == 0 && w->closed.n == 0,
+			 now ? now : now_ns());
+	n = reap(w, ev, n, max);
+	return emit_closed(w, ev, n, max);
+}
+
+/* -- Receive offers -------------------------------------------------------- */
+
+static NOINLINE void close_unconsumed(struct rl_worker *w, struct rl_conn *c,
+				      uint32_t idx, int err)
+{
+	rl_warn(w->id, "conn %u: closing: %s (limit %zu bytes)", idx,
+		err == -EMSGSIZE ? "unconsumed bytes over the limit"
+				 : "no memory for unconsumed bytes",
+		w->max_unconsumed);
+	c->close_reason = err == -EMSGSIZE ? RL_CLOSE_UNCONSUMED : err;
+	c->close_req = 1;
+	queue_work(w, c, idx);
+}
+
+static inline int offer_live(struct rl_conn *c)
+{
+	return c && c->state == RL_CONN_OPEN && !c->close_req && !c->aborting;
+}
+
+int rl_rx_begin(rl_worker *w, rl_event *ev)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, ev->conn, ev->gen);
+	struct rl_rx_offer o;
+	int ret;
+
+	if (unlikely(!offer_live(c)))
+		return -1;
+	/* The common case: nothing left over, the buffer is offered as is. */
+	if (likely(c->rx.len == 0)) {
+		c->rx.buf = ev->ptr;
+		c->rx.buf_len = ev->len;
+		c->rx.buf_off = 0;
+		c->rx.phase = RL_RX_DIRECT;
+		c->rx_bid = ev->bid;
+		return 0;
+	}
+	c->rx_bid = ev->bid;
+	ret = rl_rxbuf_begin(&c->rx, ev->ptr, ev->len, w->max_unconsumed, &o,
+			     &w->stats.residue_copied);
+	if (unlikely(ret)) {
+		close_unconsumed(w, c, ev->conn, ret);
+		return -1;
+	}
+	ev->ptr = o.ptr;
+	ev->len = o.len;
+	ev->bid = o.in_buf ? c->rx_bid : -1;
+	return 0;
+}
+
+int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, ev->conn, ev->gen);
+	struct rl_rx_offer o;
+	int ret;
+
+	if (unlikely(!offer_live(c)))
+		return 0;
+	if (likely(c->rx.phase == RL_RX_DIRECT && c->rx.len == 0 &&
+		   consumed >= ev->len)) {
+		c->rx.phase = RL_RX_IDLE;
+		return 0;
+	}
+	if (consumed > ev->len)
+		consumed = ev->len;
+	ret = rl_rxbuf_consumed(&c->rx, consumed, w->max_unconsumed, &o,
+				&w->stats.residue_copied);
+	if (unlikely(ret < 0)) {
+		close_unconsumed(w, c, ev->conn, ret);
+		return -1;
+	}
+	if (ret == 1) {
+		ev->ptr = o.ptr;
+		ev->len = o.len;
+		ev->bid = o.in_buf ? c->rx_bid : -1;
+	}
+	return ret;
+}
+
+/* -- Connection calls from handlers ----------------------------------------- */
+
+int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
+		 size_t len, int32_t bid)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+	int ret;
+
+	if (unlikely(!c || c->state != RL_CONN_OPEN || c->close_req ||
+		     c->aborting))
+		return -EPIPE;
+	if (unlikely(!len))
+		return 0;
+	/* Zero-copy only for a range that really lies in the leased buffer,
+	 * and not for a slow reader or when the ring runs low: a lease held
+	 * by a send that does not complete starves every other connection. */
+	if (bid >= 0 && !c->slow &&
+	    rl_bufring_bid_of(&w->br, p) == bid &&
+	    (const uint8_t *)p + len <= rl_bufring_addr(&w->br, bid) + w->br.size &&
+	    rl_bufring_available(&w->br) > w->br.nbufs / 8)
+		ret = rl_sendq_push_ref(&c->sq, &w->br, p, len, bid);
+	else
+		ret = rl_sendq_push_copy(&c->sq, &w->pool, p, len);
+	if (unlikely(ret))
+		return ret;
+	queue_work(w, c, conn);
+	return 0;
+}
+
+int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
+		  int abort)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	if (!c || (c->state != RL_CONN_OPEN && c->state != RL_CONN_CLOSING))
+		return -ENOTCONN;
+	if (!c->close_reason)
+		c->close_reason = reason;
+	if (abort)
+		c->aborting = 1;
+	else
+		c->close_req = 1;
+	queue_work(w, c, conn);
+	return 0;
+}
+
+size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	return c ? c->sq.bytes : 0;
+}
+
+int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,
+		 size_t len)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	if (!c || c->fd < 0)
+		return -ENOTCONN;
+	return rl_addr_peer_text(c->fd, buf, len);
+}
+
+/* -- Worker facts ----------------------------------------------------------- */
+
+int rl_worker_id(rl_worker *w) { return w->id; }
+int rl_worker_count(rl_worker *w) { return w->shared->nworkers; }
+rl_stats *rl_worker_stats(rl_worker *w) { return &w->stats; }
+
+void rl_worker_set_max_unconsumed(rl_worker *w, size_t bytes)
+{
+	if (bytes)
+		w->max_unconsumed = bytes;
+}
+
+const char *rl_close_reason_text(int reason)
+{
+	switch (reason) {
+	case RL_CLOSE_PEER: return "closed by peer";
+	case RL_CLOSE_LOCAL: return "closed by handler";
+	case RL_CLOSE_ERROR: return "handler error";
+	case RL_CLOSE_UNCONSUMED: return "unconsumed bytes over the limit";
+	case RL_CLOSE_SHUTDOWN: return "server shutting down";
+	}
+	return reason < 0 ? strerror(-reason) : "unknown";
+}
+
+/* -- Setup and teardown ------------------------------------------------------ */
+
+static int setup_ring(struct rl_worker *w)
+{
+	struct io_uring_params p;
+	int ret;
+
+	memset(&p, 0, sizeof(p));
+	/* One thread submits; task work runs when we ask for completions,
+	 * not by interrupting us mid-batch. */
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+		  IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE;
+	p.cq_entries = RL_RING_ENTRIES * 4;
+	ret = io_uring_queue_init_params(RL_RING_ENTRIES, &w->ring, &p);
+	if (ret == -EINVAL) {
+		memset(&p, 0, sizeof(p));
+		p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+			  IORING_SETUP_CQSIZE;
+		p.cq_entries = RL_RING_ENTRIES * 4;
+		ret = io_uring_queue_init_params(RL_RING_ENTRIES, &w->ring, &p);
+	}
+	if (ret)
+		return ret;
+	w->ring_ready = 1;
+	return 0;
+}
+
+int rl_worker_setup(struct rl_worker *w)
+{
+	const struct rl_config *cfg = w->cfg;
+	char err[256];
+	int ret;
+
+	w->max_unconsumed = cfg->max_unconsumed;
+	w->wake_fd = -1;
+	ret = setup_ring(w);
+	if (ret) {
+		snprintf(w->setup_err, sizeof(w->setup_err),
+			 "io_uring setup failed: %s", strerror(-ret));
+		return ret;
+	}
+	ret = rl_bufring_init(&w->br, cfg->buffers, cfg->buffer_size);
+	if (!ret)
+		ret = rl_bufring_register(&w->br, &w->ring, RL_BGID);
+	if (ret) {
+		snprintf(w->setup_err, sizeof(w->setup_err),
+			 "provided buffer ring (%u x %u bytes) failed: %s",
+			 cfg->buffers, cfg->buffer_size, strerror(-ret));
+		return ret;
+	}
+	ret = rl_chunkpool_init(&w->pool, 1024);
+	if (!ret)
+		ret = rl_conntab_init(&w->conns, cfg->max_conns);
+	if (ret) {
+		snprintf(w->setup_err, sizeof(w->setup_err),
+			 "out of memory for the connection table");
+		return ret;
+	}
+	w->wake_fd = eventfd(0, EFD_CLOEXEC);
+	if (w->wake_fd < 0) {
+		ret = -errno;
+		snprintf(w->setup_err, sizeof(w->setup_err), "eventfd: %s",
+			 strerror(errno));
+		return ret;
+	}
+	for (int i = 0; i < w->shared->naddrs; i++) {
+		const struct rl_addr *a = &w->shared->addrs[i];
+
+		ret = rl_listen_open(a, err, sizeof(err));
+		if (ret < 0) {
+			snprintf(w->setup_err, sizeof(w->setup_err), "%s", err);
+			return ret;
+		}
+		w->ls[i].fd = ret;
+		w->ls[i].is_unix = a->is_unix;
+		w->nls++;
+		arm_accept(w, i);
+		if (w->id == 0)
+			rl_info(-1, "listening on %s", a->text);
+	}
+	arm_wake(w);
+	io_uring_submit(&w->ring);
+	return 0;
+}
+
+void rl_worker_teardown(struct rl_worker *w)
+{
+	/* The ring goes first: once it is gone no operation can still be
+	 * reading memory we free below. */
+	if (w->ring_ready)
+		io_uring_queue_exit(&w->ring);
+	w->ring_ready = 0;
+	release_held(w);
+	for (uint32_t i = 0; w->conns.pages && i < w->conns.top; i++) {
+		struct rl_conn *c = rl_conntab_at(&w->conns, i);
+
+		if (c->state == RL_CONN_FREE)
+			continue;
+		if (c->fd >= 0)
+			close(c->fd);
+		rl_rxbuf_free(&c->rx);
+		rl_sendq_clear(&c->sq, &w->pool, &w->br);
+	}
+	for (int i = 0; i < w->nls; i++)
+		if (w->ls[i].fd >= 0)
+			close(w->ls[i].fd);
+	rl_bufring_free(&w->br, NULL);
+	rl_chunkpool_free(&w->pool);
+	rl_conntab_free(&w->conns);
+	vec_free(&w->held);
+	vec_free(&w->work);
+	vec_free(&w->parked);
+	vec_free(&w->closed);
+	if (w->wake_fd >= 0)
+		close(w->wake_fd);
+	w->wake_fd = -1;
+}
+
+static void wake(struct rl_worker *w)
+{
+	uint64_t one = 1;
+
+	if (w->wake_fd >= 0 && write(w->wake_fd, &one, sizeof(one)) < 0)
+		return;
+}
+
+void rl_worker_request_stop(struct rl_worker *w)
+{
+	atomic_store(&w->stop_req, 1);
+	wake(w);
+}
+
+void rl_worker_request_reload(struct rl_worker *w)
+{
+	atomic_store(&w->reload_req, 1);
+	wake(w);
+}
+
+/* -- The C echo baseline ---------------------------------------------------- */
+
+int rl_worker_run_builtin_echo(struct rl_worker *w)
+{
+	rl_event ev[256];
+	int n;
+
+	while ((n = rl_worker_poll(w, ev, 256)) >= 0) {
+		for (int i = 0; i < n; i++) {
+			rl_event *e = &ev[i];
+
+			if (e->type != RL_EV_DATA || rl_rx_begin(w, e))
+				continue;
+			do {
+				rl_conn_send(w, e->conn, e->gen, e->ptr, e->len,
+					     e->bid);
+			} while (rl_rx_consumed(w, e, e->len) == 1);
+		}
+	}
+	return 0;
+}

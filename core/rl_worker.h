@@ -1,0 +1,99 @@
+/* rl_worker.h: one worker thread: its ring, buffers, connections and loop. */
+#ifndef RL_WORKER_H
+#define RL_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <liburing.h>
+
+#include "rl_api.h"
+#include "rl_bufring.h"
+#include "rl_conn.h"
+#include "rl_listen.h"
+#include "rl_options.h"
+#include "rl_sendq.h"
+
+#define RL_IOV_MAX 64          /* pieces in one sendmsg */
+#define RL_SEND_SLOTS 64       /* sendmsg headers per submit */
+#define RL_RING_ENTRIES 4096
+
+/* What all workers of the process share. */
+struct rl_shared {
+	const struct rl_config *cfg;
+	const char *lua_dir;
+	atomic_uint live_conns;     /* for --max-conns, process-wide */
+	int nworkers;
+	struct rl_addr addrs[RL_MAX_LISTEN];
+	int naddrs;
+};
+
+struct rl_listener {
+	int fd;
+	uint8_t armed;
+	uint8_t is_unix;
+	uint64_t retry_at_ns;       /* after an accept error, try again then */
+};
+
+struct rl_vec {
+	void *p;
+	uint32_t n;
+	uint32_t head;
+	uint32_t cap;
+};
+
+struct rl_send_slot {
+	struct msghdr msg;
+	struct iovec iov[RL_IOV_MAX];
+};
+
+struct rl_worker {
+	int id;
+	struct rl_shared *shared;
+	const struct rl_config *cfg;
+	struct io_uring ring;
+	int ring_ready;
+	struct rl_bufring br;
+	struct rl_chunkpool pool;
+	struct rl_conntab conns;
+	struct rl_listener ls[RL_MAX_LISTEN];
+	int nls;
+
+	struct rl_vec held;         /* u32 buffer ids leased to this batch */
+	struct rl_vec work;         /* u32 slots with something to do */
+	struct rl_vec parked;       /* u64 (gen << 32 | slot) waiting for buffers */
+	struct rl_vec closed;       /* u32 slots whose CLOSE is not yet out */
+
+	struct rl_send_slot slots[RL_SEND_SLOTS];
+	int nslots;
+
+	int wake_fd;
+	uint64_t wake_buf;
+	atomic_int stop_req;
+	atomic_int reload_req;
+	int stopping;
+	int aborted;
+	uint64_t deadline_ns;
+	int reload_pending;
+
+	size_t max_unconsumed;
+	rl_stats stats;
+
+	pthread_t thread;
+	void *lua;                  /* lua_State of this worker */
+	int setup_status;           /* 0 ok, else exit code */
+	char setup_err[1024];
+};
+
+/* Ring, buffers, table and listeners; in the worker's own thread because
+ * the ring is SINGLE_ISSUER.  0 or -errno with the reason in w->setup_err. */
+int rl_worker_setup(struct rl_worker *w);
+void rl_worker_teardown(struct rl_worker *w);
+/* From another thread: stop (SIGTERM) or reload (SIGHUP). */
+void rl_worker_request_stop(struct rl_worker *w);
+void rl_worker_request_reload(struct rl_worker *w);
+/* The C echo handler: the same core without Lua, as a baseline. */
+int rl_worker_run_builtin_echo(struct rl_worker *w);
+
+#endif

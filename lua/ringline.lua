@@ -1,0 +1,54 @@
+-- ringline: what a service script can use: logging, worker facts, counters.
+local ffi = require "ffi"
+require "ringline.cdef"
+local C = ffi.C
+
+local M = { version = ffi.string(C.rl_version()) }
+
+local W            -- this state's worker, set by the loop
+local worker_id = -1
+
+function M._bind(w)
+  W = w
+  worker_id = C.rl_worker_id(w)
+end
+
+local function log(level, ...)
+  if C.rl_log_enabled(level) == 0 then return end
+  local n = select("#", ...)
+  local parts = { ... }
+  for i = 1, n do parts[i] = tostring(parts[i]) end
+  C.rl_log_msg(level, worker_id, table.concat(parts, " ", 1, n))
+end
+
+function M.log(level, ...)
+  local l = ({ error = 0, warn = 1, info = 2, debug = 3 })[level]
+  if not l then error("log level must be error, warn, info or debug", 2) end
+  log(l, ...)
+end
+function M.error(...) log(C.RL_LOG_ERROR, ...) end
+function M.warn(...) log(C.RL_LOG_WARN, ...) end
+function M.info(...) log(C.RL_LOG_INFO, ...) end
+function M.debug(...) log(C.RL_LOG_DEBUG, ...) end
+
+-- Which worker this Lua state belongs to (0-based), and how many there are.
+function M.worker_id() return worker_id end
+function M.workers() return W and C.rl_worker_count(W) or 0 end
+
+-- This worker's counters, as a fresh table of numbers.
+function M.stats()
+  if not W then return {} end
+  local s = C.rl_worker_stats(W)
+  return {
+    accepted = tonumber(s.accepted), rejected = tonumber(s.rejected),
+    closed = tonumber(s.closed), bytes_in = tonumber(s.bytes_in),
+    bytes_out = tonumber(s.bytes_out), enobufs = tonumber(s.enobufs),
+    paused = tonumber(s.paused), residue_copied = tonumber(s.residue_copied),
+    handler_errors = tonumber(s.handler_errors),
+    reloads = tonumber(s.reloads), reloads_failed = tonumber(s.reloads_failed),
+  }
+end
+
+M.slice = require "ringline.slice"
+
+return M

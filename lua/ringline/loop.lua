@@ -1,0 +1,138 @@
+-- ringline.loop: a worker's event loop, driven from Lua.
+--
+-- C hands over a batch of events per rl_worker_poll() call; this loop
+-- dispatches the whole batch inside one compiled trace, with a single pcall
+-- around the batch rather than one per event.  When a handler raises, the
+-- connection it was serving is closed and dispatch resumes at the next event.
+local ffi = require "ffi"
+require "ringline.cdef"
+local slice = require "ringline.slice"
+local connmod = require "ringline.conn"
+local service = require "ringline.service"
+local ringline = require "ringline"
+
+local C = ffi.C
+local pcall, type, tostring = pcall, type, tostring
+local new_slice, release = slice.new, slice.release
+
+local EV_OPEN, EV_DATA, EV_CLOSE, EV_RELOAD =
+  C.RL_EV_OPEN, C.RL_EV_DATA, C.RL_EV_CLOSE, C.RL_EV_RELOAD
+local MAX_EVENTS = 256
+
+local M = {}
+
+local REASONS = {
+  [C.RL_CLOSE_PEER] = "peer", [C.RL_CLOSE_LOCAL] = "local",
+  [C.RL_CLOSE_ERROR] = "error", [C.RL_CLOSE_UNCONSUMED] = "unconsumed",
+  [C.RL_CLOSE_SHUTDOWN] = "shutdown",
+}
+
+local function reason_text(res)
+  return REASONS[res] or ffi.string(C.rl_close_reason_text(res))
+end
+
+local function handler_error(w, c, err)
+  local stats = C.rl_worker_stats(w)
+  stats.handler_errors = stats.handler_errors + 1
+  if c then
+    ringline.error(("conn %d (%s): handler error: %s"):format(
+      c.id, c.closed and "closed" or c.peer, tostring(err)))
+    if not c.closed then
+      C.rl_conn_close(w, c._idx, c._gen, C.RL_CLOSE_ERROR, 0)
+    end
+  else
+    ringline.error("handler error: " .. tostring(err))
+  end
+end
+
+local function bad_consumed(k)
+  error(("on_data must return the number of bytes consumed or nil, got %s")
+    :format(type(k) == "number" and tostring(k) or type(k)), 0)
+end
+
+local function run(w, svc)
+  local evs = ffi.new("rl_event[?]", MAX_EVENTS)
+  local conns = {}
+  local on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
+  local new_conn = connmod.new
+  local i, n = 0, 0
+  local cur
+
+  local function dispatch()
+    while i < n do
+      local e = evs[i]
+      i = i + 1
+      local t = e.type
+      if t == EV_DATA then
+        local c = conns[e.conn]
+        if c and C.rl_rx_begin(w, e) == 0 then
+          cur = c
+          repeat
+            local k = on_data(c, new_slice(e.ptr, e.len, e.bid))
+            release()
+            if k == nil then
+              k = e.len
+            elseif type(k) ~= "number" or k < 0 then
+              bad_consumed(k)
+            end
+          until C.rl_rx_consumed(w, e, k) ~= 1
+        end
+      elseif t == EV_OPEN then
+        local c = new_conn(e.conn, e.gen)
+        conns[e.conn] = c
+        if on_open then
+          cur = c
+          on_open(c)
+          release()
+        end
+      elseif t == EV_CLOSE then
+        local c = conns[e.conn]
+        if c and c._gen == e.gen then
+          conns[e.conn] = nil
+          c.closed = true
+          if on_close then
+            cur = c
+            on_close(c, reason_text(e.res))
+          end
+        end
+      elseif t == EV_RELOAD then
+        ringline.warn("SIGHUP: reload is not available in this build")
+      end
+    end
+    cur = nil
+  end
+
+  while true do
+    n = C.rl_worker_poll(w, evs, MAX_EVENTS)
+    if n < 0 then break end
+    i = 0
+    while true do
+      local ok, err = pcall(dispatch)
+      if ok then break end
+      release()
+      handler_error(w, cur, err)
+      cur = nil
+    end
+  end
+end
+
+-- Load the script in this worker's state and run its init(); return the
+-- function that runs the loop.  Errors here stop the process at startup.
+function M.prepare(wptr, script)
+  local w = ffi.cast("rl_worker *", wptr)
+  ringline._bind(w)
+  connmod.bind(w)
+  local svc = service.load(script)
+  if svc.max_unconsumed then
+    C.rl_worker_set_max_unconsumed(w, svc.max_unconsumed)
+  end
+  if svc.init then
+    local ok, err = pcall(svc.init)
+    if not ok then
+      error(("script %s: init failed: %s"):format(script, tostring(err)), 0)
+    end
+  end
+  return function() return run(w, svc) end
+end
+
+return M

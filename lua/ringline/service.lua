@@ -1,0 +1,54 @@
+-- ringline.service: load a service script and check the table it returns.
+local M = {}
+
+local HANDLERS = { "init", "on_open", "on_data", "on_close", "reload" }
+
+local function fail(path, fmt, ...)
+  error(("script %s: " .. fmt):format(path, ...), 0)
+end
+
+function M.validate(svc, path)
+  if type(svc) ~= "table" then
+    fail(path, "must return a service table, it returned %s", type(svc))
+  end
+  for _, name in ipairs(HANDLERS) do
+    local f = svc[name]
+    if f ~= nil and type(f) ~= "function" then
+      fail(path, "%s must be a function, it is a %s", name, type(f))
+    end
+  end
+  if svc.on_data == nil then
+    fail(path, "the service table has no on_data function")
+  end
+  local l = svc.listen
+  if l ~= nil and type(l) ~= "string" then
+    if type(l) ~= "table" then
+      fail(path, "listen must be a string or a list of strings")
+    end
+    for i, a in ipairs(l) do
+      if type(a) ~= "string" then
+        fail(path, "listen[%d] must be a string", i)
+      end
+    end
+  end
+  local m = svc.max_unconsumed
+  if m ~= nil and (type(m) ~= "number" or m < 1 or m % 1 ~= 0) then
+    fail(path, "max_unconsumed must be a positive whole number of bytes")
+  end
+  return svc
+end
+
+-- Compile and run the script's top level; return its service table.
+-- Errors name the script and, where Lua knows it, the line.
+function M.load(path)
+  local chunk, err = loadfile(path)
+  if not chunk then error("script " .. err, 0) end
+  local ok, svc = xpcall(chunk, debug.traceback)
+  if not ok then
+    -- The first line is the error itself; the traceback is for debug logs.
+    error(("script %s: %s"):format(path, tostring(svc):match("^[^\n]*")), 0)
+  end
+  return M.validate(svc, path)
+end
+
+return M

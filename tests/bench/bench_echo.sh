@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# bench_echo.sh: pinned echo benchmark of ringline (Lua and built-in C handler) against a plain epoll server.
+#
+# Usage: bash tests/bench/bench_echo.sh BUILD_DIR
+#   BUILD_DIR holds ringline, bench/echo_load and bench/epoll_echo.
+# Environment (all optional):
+#   BENCH_SECONDS=5      measured seconds per run
+#   BENCH_WARMUP=1       warmup seconds per run (not measured)
+#   BENCH_REPEAT=1       runs per server and config; servers alternate, best kept
+#   BENCH_SERVERS="lua builtin epoll"   which servers to run
+#   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   cores to pin server / load generator
+#   BENCH_PORT_BASE=17300                   first port tried; each run gets a fresh one
+#   RINGLINE=BUILD_DIR/ringline             ringline binary
+#   RINGLINE_ARGS=""     extra ringline options (e.g. buffer settings), added to both ringline rows
+set -euo pipefail
+
+die() { echo "bench_echo: $*" >&2; exit 1; }
+
+[[ $# -eq 1 ]] || die "usage: bash tests/bench/bench_echo.sh BUILD_DIR"
+BUILD=$(cd "$1" && pwd) || die "no such build dir: $1"
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# Server command lines use scripts/echo.lua relative to the repo root.
+cd "$REPO"
+
+DURATION=${BENCH_SECONDS:-5}
+WARMUP=${BENCH_WARMUP:-1}
+REPEAT=${BENCH_REPEAT:-1}
+SERVER_CPU=${BENCH_SERVER_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+PORT=${BENCH_PORT_BASE:-17300}
+read -ra SERVERS <<<"${BENCH_SERVERS:-lua builtin epoll}"
+RINGLINE=${RINGLINE:-$BUILD/ringline}
+read -ra RL_EXTRA <<<"${RINGLINE_ARGS:-}"
+LOAD=$BUILD/bench/echo_load
+EPOLL=$BUILD/bench/epoll_echo
+
+# name size depth conns; the last row is the extra 16 KiB depth-4 case.
+CONFIGS=(
+    "a:64B/d1/c50 64 1 50"
+    "b:64B/d16/c50 64 16 50"
+    "c:16K/d1/c10 16384 1 10"
+    "c+:16K/d4/c10 16384 4 10"
+)
+
+is_num() { [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; }
+is_num "$DURATION" || die "BENCH_SECONDS must be a number, got '$DURATION'"
+is_num "$WARMUP" || die "BENCH_WARMUP must be a number, got '$WARMUP'"
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
+[[ ${#SERVERS[@]} -gt 0 ]] || die "BENCH_SERVERS is empty"
+
+NCPU=$(nproc)
+for c in "$SERVER_CPU" "$CLIENT_CPU"; do
+    [[ $c =~ ^[0-9]+$ && $c -lt $NCPU ]] || die "core $c not available (nproc=$NCPU)"
+done
+[[ $SERVER_CPU != "$CLIENT_CPU" ]] || echo "bench_echo: warning: server and client share core $SERVER_CPU" >&2
+command -v taskset >/dev/null || die "taskset not found (util-linux)"
+[[ -x $LOAD ]] || die "missing $LOAD (build it first)"
+
+label_of() {
+    case $1 in
+        lua) echo "ringline-lua" ;;
+        builtin) echo "ringline-C" ;;
+        epoll) echo "epoll_echo" ;;
+        *) die "unknown server '$1' in BENCH_SERVERS (want lua, builtin, epoll)" ;;
+    esac
+}
+
+# Sets CMD to the server command line for server $1 on port $2.
+server_cmd() {
+    case $1 in
+        lua) CMD=("$RINGLINE" --workers 1 --listen "tcp://127.0.0.1:$2" "${RL_EXTRA[@]}" scripts/echo.lua) ;;
+        builtin) CMD=("$RINGLINE" --workers 1 --listen "tcp://127.0.0.1:$2" "${RL_EXTRA[@]}" --builtin echo) ;;
+        epoll) CMD=("$EPOLL" "$2") ;;
+    esac
+}
+
+for s in "${SERVERS[@]}"; do
+    label_of "$s" >/dev/null
+    case $s in
+        lua | builtin) [[ -x $RINGLINE ]] || die "missing $RINGLINE (or set BENCH_SERVERS=epoll)" ;;
+        epoll) [[ -x $EPOLL ]] || die "missing $EPOLL (build it first)" ;;
+    esac
+    [[ $s != lua || -f scripts/echo.lua ]] || die "missing $REPO/scripts/echo.lua"
+done
+
+TMP=$(mktemp -d /tmp/bench_echo.XXXXXX)
+SRV_PID=""
+LOAD_PID=""
+cleanup() {
+    local p
+    for p in $LOAD_PID $SRV_PID; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in $LOAD_PID $SRV_PID; do
+        wait "$p" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_busy() {
+    if command -v ss >/dev/null; then
+        # Any socket state counts: a lingering TIME_WAIT can make bind fail without SO_REUSEADDR.
+        [[ -n $(ss -Htan "( sport = :$1 )" 2>/dev/null) ]]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
+# Advances PORT to the next free one (global, so no subshell).
+next_port() {
+    PORT=$((PORT + 1))
+    while port_busy "$PORT"; do
+        PORT=$((PORT + 1))
+        [[ $PORT -lt 65000 ]] || die "no free port found"
+    done
+}
+
+# Returns 0 once the server accepts a TCP connection, 1 if it dies or takes over 10 s.
+wait_ready() {
+    local pid=$1 port=$2 i
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# SIGTERM, then SIGKILL after 5 s. Returns 1 if the server had already died.
+stop_server() {
+    local pid=$1 i alive=0
+    kill -0 "$pid" 2>/dev/null && alive=1
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "bench_echo: server $pid ignored SIGTERM, killing" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    SRV_PID=""
+    [[ $alive -eq 1 ]]
+}
+
+# Prints "busy total" jiffies of one core; the server core's busy share covers
+# every thread, child process and softirq that runs there.
+core_jiffies() {
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+}
+
+# sleep in the background so a SIGINT/SIGTERM trap runs at once, not after the sleep.
+nap() {
+    sleep "$1" &
+    wait $!
+}
+
+fcmp_gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
+
+declare -A RATE MBPS CCPU SCPU FAIL
+FAILED=0
+
+# Runs one load against server $2 for config $1 (index into CONFIGS); keeps the best rate.
+run_one() {
+    local ci=$1 srv=$2 name size depth conns key log out err rc=0 b0 t0 b1 t1 line kv
+    read -r name size depth conns <<<"${CONFIGS[$ci]}"
+    key="$ci|$srv"
+    next_port
+    server_cmd "$srv" "$PORT"
+    log="$TMP/$srv.$PORT.log"
+    out="$TMP/load.$PORT.out"
+    err="$TMP/load.$PORT.err"
+    taskset -c "$SERVER_CPU" "${CMD[@]}" >"$log" 2>&1 &
+    SRV_PID=$!
+    if ! wait_ready "$SRV_PID" "$PORT"; then
+        echo "bench_echo: $(label_of "$srv") did not start on port $PORT: ${CMD[*]}" >&2
+        tail -n 20 "$log" >&2 || true
+        stop_server "$SRV_PID" || true
+        FAIL[$key]="no-start"
+        FAILED=1
+        return 0
+    fi
+
+    taskset -c "$CLIENT_CPU" "$LOAD" --host 127.0.0.1 --port "$PORT" --conns "$conns" \
+        --size "$size" --depth "$depth" --duration "$DURATION" --warmup "$WARMUP" >"$out" 2>"$err" &
+    LOAD_PID=$!
+    # Sample the server core inside the measured window (skip warmup and the last moments).
+    nap "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.2 }')"
+    read -r b0 t0 < <(core_jiffies "$SERVER_CPU")
+    nap "$(awk -v d="$DURATION" 'BEGIN { s = d - 0.4; print (s > 0.1 ? s : 0.1) }')"
+    read -r b1 t1 < <(core_jiffies "$SERVER_CPU")
+    wait "$LOAD_PID" || rc=$?
+    LOAD_PID=""
+
+    if ! stop_server "$SRV_PID"; then
+        echo "bench_echo: $(label_of "$srv") died during the run (config $name)" >&2
+        tail -n 20 "$log" >&2 || true
+        [[ $rc -ne 0 ]] || rc=1
+    fi
+    line=$(grep -m1 '^RESULT ' "$out" || true)
+    if [[ $rc -ne 0 || -z $line ]]; then
+        echo "bench_echo: load failed against $(label_of "$srv") (config $name, rc=$rc):" >&2
+        cat "$err" >&2 || true
+        FAIL[$key]="FAIL"
+        FAILED=1
+        return 0
+    fi
+    declare -A r=()
+    for kv in $line; do
+        [[ $kv == *=* ]] && r[${kv%%=*}]=${kv#*=}
+    done
+    local scpu
+    scpu=$(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.1f", (t > 0 ? 100 * b / t : 0) }')
+    printf '  %-14s %-13s run: %12s msgs/s  client %5s%%  server core %5s%%\n' \
+        "$name" "$(label_of "$srv")" "${r[msgs_per_s]}" "${r[client_cpu_pct]}" "$scpu" >&2
+    if [[ -z ${RATE[$key]:-} ]] || fcmp_gt "${r[msgs_per_s]}" "${RATE[$key]}"; then
+        RATE[$key]=${r[msgs_per_s]}
+        MBPS[$key]=${r[mb_per_s]}
+        CCPU[$key]=${r[client_cpu_pct]}
+        SCPU[$key]=$scpu
+    fi
+}
+
+cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+echo "== ringline echo benchmark =="
+echo "date:      $(date '+%Y-%m-%d %H:%M:%S %z')"
+echo "kernel:    $(uname -r)"
+echo "cpu:       ${cpu_model:-unknown} (nproc=$NCPU)"
+echo "gcc:       $(gcc --version 2>/dev/null | head -n1 || echo 'not found')"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo none)
+if [[ -n $(git status --porcelain 2>/dev/null) ]]; then commit+=" (dirty)"; fi
+echo "commit:    $commit"
+echo "pinning:   server taskset -c $SERVER_CPU, load generator taskset -c $CLIENT_CPU"
+echo "settings:  duration=${DURATION}s warmup=${WARMUP}s repeat=$REPEAT (best of N, servers alternate)"
+echo "servers:"
+for s in "${SERVERS[@]}"; do
+    server_cmd "$s" PORT
+    printf '  %-13s %s\n' "$(label_of "$s")" "taskset -c $SERVER_CPU ${CMD[*]}"
+done
+echo "load:      taskset -c $CLIENT_CPU $LOAD --host 127.0.0.1 --port PORT --conns C --size S --depth D --duration $DURATION --warmup $WARMUP"
+echo
+
+for ((ci = 0; ci < ${#CONFIGS[@]}; ci++)); do
+    for ((rep = 0; rep < REPEAT; rep++)); do
+        # Rotate the server order each repeat so none always runs first.
+        n=${#SERVERS[@]}
+        for ((k = 0; k < n; k++)); do
+            run_one "$ci" "${SERVERS[$(((k + rep) % n))]}"
+        done
+    done
+done
+echo >&2
+
+ratio() {
+    if [[ -n $1 && -n $2 ]]; then
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'
+    else
+        echo "-"
+    fi
+}
+
+fmt='%-14s | %-13s | %12s | %8s | %11s | %12s | %11s | %9s\n'
+# shellcheck disable=SC2059
+printf "$fmt" config server msgs/s MB/s "client CPU%" "server core%" "vs pure-C" "vs epoll"
+printf '%s\n' "---------------+---------------+--------------+----------+-------------+--------------+-------------+----------"
+client_bound=()
+for ((ci = 0; ci < ${#CONFIGS[@]}; ci++)); do
+    read -r name _ <<<"${CONFIGS[$ci]}"
+    for s in "${SERVERS[@]}"; do
+        key="$ci|$s"
+        if [[ -z ${RATE[$key]:-} ]]; then
+            # shellcheck disable=SC2059
+            printf "$fmt" "$name" "$(label_of "$s")" "${FAIL[$key]:-FAIL}" - - - - -
+            continue
+        fi
+        # shellcheck disable=SC2059
+        printf "$fmt" "$name" "$(label_of "$s")" "${RATE[$key]}" "${MBPS[$key]}" "${CCPU[$key]}" "${SCPU[$key]}" \
+            "$(ratio "${RATE[$key]}" "${RATE[$ci|builtin]:-}")" "$(ratio "${RATE[$key]}" "${RATE[$ci|epoll]:-}")"
+        # A saturated client with an unsaturated server core means the number is a client limit.
+        if awk -v c="${CCPU[$key]}" -v s="${SCPU[$key]}" 'BEGIN { exit !(c >= 95 && s < 90) }'; then
+            client_bound+=("$name/$(label_of "$s")")
+        fi
+    done
+done
+echo
+echo "msgs/s = echoed messages per second (round trips); MB/s = 10^6 payload bytes echoed per second."
+echo "client CPU% = load generator user+sys over the measured period; server core% = busy share of core $SERVER_CPU."
+if [[ ${#client_bound[@]} -gt 0 ]]; then
+    echo "note: load generator saturated while the server core had headroom (client-bound): ${client_bound[*]}"
+fi
+if [[ $FAILED -ne 0 ]]; then
+    echo "bench_echo: some runs failed (see messages above)" >&2
+    exit 1
+fi

@@ -1,0 +1,4 @@
+-- Test script that returns nothing.
+local function on_data(conn, data)
+  conn:send(data)
+end
