@@ -40,7 +40,7 @@ static void report_setup(void)
 {
 	pthread_mutex_lock(&setup_lock);
 	setup_done++;
-	pthread_cond_signal(&setup_cond);
+	pthread_cond_broadcast(&setup_cond);  /* main and workers wait on it */
 	pthread_mutex_unlock(&setup_lock);
 }
 

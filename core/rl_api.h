@@ -46,8 +46,8 @@ enum rl_close_reason {
 /* A zero-copy view of received bytes.  C never builds one; the struct lives
  * here so the Lua side gets its layout from the same generated cdef. */
 typedef struct rl_slice {
-	const uint8_t *ptr;
-	uint32_t len;
+	const uint8_t *base;   /* not ptr/len: those names are methods */
+	uint32_t size;
 	int32_t bid;     /* ring buffer the bytes live in, -1 = not a ring buffer */
 	uint32_t epoch;  /* handler call the slice belongs to */
 } rl_slice;

@@ -37,7 +37,7 @@ function methods.send(c, x)
     if x.epoch ~= slice_epoch() then
       error("slice used after its handler returned", 2)
     end
-    ret = C.rl_conn_send(W, c._idx, c._gen, x.ptr, x.len, x.bid)
+    ret = C.rl_conn_send(W, c._idx, c._gen, x.base, x.size, x.bid)
   else
     error("conn:send expects a string or a slice, got " .. type(x), 2)
   end

@@ -58,61 +58,68 @@ local function run(w, svc)
   local i, n = 0, 0
   local cur
 
-  local function dispatch()
-    while i < n do
-      local e = evs[i]
-      i = i + 1
-      local t = e.type
-      if t == EV_DATA then
-        local c = conns[e.conn]
-        if c and C.rl_rx_begin(w, e) == 0 then
-          cur = c
-          repeat
-            local k = on_data(c, new_slice(e.ptr, e.len, e.bid))
-            release()
-            if k == nil then
-              k = e.len
-            elseif type(k) ~= "number" or k < 0 then
-              bad_consumed(k)
-            end
-          until C.rl_rx_consumed(w, e, k) ~= 1
-        end
-      elseif t == EV_OPEN then
-        local c = new_conn(e.conn, e.gen)
-        conns[e.conn] = c
-        if on_open then
-          cur = c
-          on_open(c)
-          release()
-        end
-      elseif t == EV_CLOSE then
-        local c = conns[e.conn]
-        if c and c._gen == e.gen then
-          conns[e.conn] = nil
-          c.closed = true
-          if on_close then
+  -- Poll and dispatch in one loop, so the whole thing compiles into one
+  -- trace (with side traces per event type) instead of returning to the
+  -- interpreter after every batch.  It returns only when the worker stops.
+  local function serve()
+    while true do
+      if i >= n then
+        cur = nil
+        n = C.rl_worker_poll(w, evs, MAX_EVENTS)
+        i = 0
+        if n < 0 then return end
+      else
+        local e = evs[i]
+        i = i + 1
+        local t = e.type
+        if t == EV_DATA then
+          local c = conns[e.conn]
+          if c and C.rl_rx_begin(w, e) == 0 then
             cur = c
-            on_close(c, reason_text(e.res))
+            repeat
+              local k = on_data(c, new_slice(e.ptr, e.len, e.bid))
+              release()
+              if k == nil then
+                k = e.len
+              elseif type(k) ~= "number" or k < 0 then
+                bad_consumed(k)
+              end
+            until C.rl_rx_consumed(w, e, k) ~= 1
           end
+        elseif t == EV_OPEN then
+          local c = new_conn(e.conn, e.gen)
+          conns[e.conn] = c
+          if on_open then
+            cur = c
+            on_open(c)
+            release()
+          end
+        elseif t == EV_CLOSE then
+          local c = conns[e.conn]
+          if c and c._gen == e.gen then
+            conns[e.conn] = nil
+            c.closed = true
+            if on_close then
+              cur = c
+              on_close(c, reason_text(e.res))
+            end
+          end
+        elseif t == EV_RELOAD then
+          ringline.warn("SIGHUP: reload is not available in this build")
         end
-      elseif t == EV_RELOAD then
-        ringline.warn("SIGHUP: reload is not available in this build")
       end
     end
-    cur = nil
   end
 
+  -- One pcall for the life of the loop; a handler error lands here, the
+  -- connection it was serving is closed, and serving resumes with the
+  -- next event of the same batch.
   while true do
-    n = C.rl_worker_poll(w, evs, MAX_EVENTS)
-    if n < 0 then break end
-    i = 0
-    while true do
-      local ok, err = pcall(dispatch)
-      if ok then break end
-      release()
-      handler_error(w, cur, err)
-      cur = nil
-    end
+    local ok, err = pcall(serve)
+    if ok then break end
+    release()
+    handler_error(w, cur, err)
+    cur = nil
   end
 end
 

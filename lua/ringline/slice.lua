@@ -1,6 +1,6 @@
 -- ringline.slice: zero-copy views of received bytes, valid for one handler call.
 --
--- A slice is an FFI struct (pointer, length, ring buffer id, epoch).  The
+-- A slice is an FFI struct (base, size, ring buffer id, epoch).  The
 -- epoch is the handler call it was made in; the loop moves the epoch on when
 -- the call returns, after which the bytes may go back to the ring, so every
 -- method checks it first and raises instead of reading recycled memory.
@@ -50,16 +50,16 @@ local function start_index(init, len)
 end
 
 local function bounds(s, i, n)
-  if type(i) ~= "number" or i < 1 or i + n - 1 > s.len then
+  if type(i) ~= "number" or i < 1 or i + n - 1 > s.size then
     error(("slice read of %d bytes at %s out of bounds (length %d)")
-      :format(n, tostring(i), s.len), 3)
+      :format(n, tostring(i), s.size), 3)
   end
-  return s.ptr + (i - 1)
+  return s.base + (i - 1)
 end
 
 function methods.len(s)
   check(s)
-  return s.len
+  return s.size
 end
 
 function methods.valid(s)
@@ -69,28 +69,28 @@ end
 -- The byte at i (negative counts from the end), or nil outside the slice.
 function methods.byte(s, i)
   check(s)
-  local len = s.len
+  local len = s.size
   i = i or 1
   if i < 0 then i = len + i + 1 end
   if i < 1 or i > len then return nil end
-  return s.ptr[i - 1]
+  return s.base[i - 1]
 end
 
 -- The bytes from i to j as a slice over the same memory (string.sub rules).
 function methods.sub(s, i, j)
   check(s)
-  local len = s.len
+  local len = s.size
   i = start_index(i, len)
   j = j or -1
   if j < 0 then j = len + j + 1 elseif j > len then j = len end
-  if i > j then return Slice(s.ptr, 0, s.bid, epoch) end
-  return Slice(s.ptr + (i - 1), j - i + 1, s.bid, epoch)
+  if i > j then return Slice(s.base, 0, s.bid, epoch) end
+  return Slice(s.base + (i - 1), j - i + 1, s.bid, epoch)
 end
 
 -- Plain find of a string: first and last index of the match, or nil.
 function methods.find(s, needle, init)
   check(s)
-  local len = s.len
+  local len = s.size
   init = start_index(init, len)
   local nl = #needle
   if nl == 0 then
@@ -98,7 +98,7 @@ function methods.find(s, needle, init)
     return init, init - 1
   end
   if init + nl - 1 > len then return nil end
-  local base = s.ptr + (init - 1)
+  local base = s.base + (init - 1)
   local p
   if nl == 1 then
     p = C.memchr(base, needle:byte(1), len - init + 1)
@@ -106,46 +106,49 @@ function methods.find(s, needle, init)
     p = C.memmem(base, len - init + 1, needle, nl)
   end
   if p == nil then return nil end
-  local at = tonumber(ffi_cast(u8p, p) - s.ptr) + 1
+  local at = tonumber(ffi_cast(u8p, p) - s.base) + 1
   return at, at + nl - 1
 end
 
 -- Index of the first byte equal to b (a number) from init, or nil.
 function methods.find_byte(s, b, init)
   check(s)
-  local len = s.len
+  local len = s.size
   init = start_index(init, len)
   if init > len then return nil end
-  local p = C.memchr(s.ptr + (init - 1), b, len - init + 1)
+  if type(b) ~= "number" or b < 0 or b > 255 or b % 1 ~= 0 then
+    error("find_byte expects a byte value 0..255, got " .. tostring(b), 2)
+  end
+  local p = C.memchr(s.base + (init - 1), b, len - init + 1)
   if p == nil then return nil end
-  return tonumber(ffi_cast(u8p, p) - s.ptr) + 1
+  return tonumber(ffi_cast(u8p, p) - s.base) + 1
 end
 
 -- Same bytes as the Lua string str?
 function methods.eq(s, str)
   check(s)
   local n = #str
-  return s.len == n and C.memcmp(s.ptr, str, n) == 0
+  return s.size == n and C.memcmp(s.base, str, n) == 0
 end
 
 function methods.starts_with(s, str)
   check(s)
   local n = #str
-  return s.len >= n and C.memcmp(s.ptr, str, n) == 0
+  return s.size >= n and C.memcmp(s.base, str, n) == 0
 end
 
 function methods.ends_with(s, str)
   check(s)
   local n = #str
-  return s.len >= n and C.memcmp(s.ptr + (s.len - n), str, n) == 0
+  return s.size >= n and C.memcmp(s.base + (s.size - n), str, n) == 0
 end
 
 -- ASCII case-insensitive equality with a Lua string (header names).
 function methods.eq_nocase(s, str)
   check(s)
   local n = #str
-  if s.len ~= n then return false end
-  local p = s.ptr
+  if s.size ~= n then return false end
+  local p = s.base
   for k = 0, n - 1 do
     local a, b = p[k], str:byte(k + 1)
     if a ~= b then
@@ -163,11 +166,11 @@ local MAX_EXACT = 9007199254740991 -- 2^53 - 1: larger is not exact in a double
 -- optional sign.  Returns the number, or nil and the reason.
 function methods.to_int(s, i, j)
   check(s)
-  local len = s.len
+  local len = s.size
   i = i or 1
   j = j or len
   if i < 1 or j > len or i > j then return nil, "empty or out of bounds" end
-  local p = s.ptr
+  local p = s.base
   local k, neg = i - 1, false
   local c = p[k]
   if c == 45 or c == 43 then -- '-' '+'
@@ -235,25 +238,25 @@ end
 -- A Lua string copy of bytes i..j (default: all).
 function methods.tostring(s, i, j)
   check(s)
-  if i == nil and j == nil then return ffi_string(s.ptr, s.len) end
-  local len = s.len
+  if i == nil and j == nil then return ffi_string(s.base, s.size) end
+  local len = s.size
   i = start_index(i, len)
   j = j or -1
   if j < 0 then j = len + j + 1 elseif j > len then j = len end
   if i > j then return "" end
-  return ffi_string(s.ptr + (i - 1), j - i + 1)
+  return ffi_string(s.base + (i - 1), j - i + 1)
 end
 
 -- The raw pointer, for FFI code that knows the lifetime rules.
 function methods.ptr(s)
   check(s)
-  return s.ptr
+  return s.base
 end
 
 Slice = ffi.metatype("rl_slice", {
   __index = methods,
-  __len = function(s) check(s) return s.len end,
-  __tostring = function(s) check(s) return ffi_string(s.ptr, s.len) end,
+  __len = function(s) check(s) return s.size end,
+  __tostring = function(s) check(s) return ffi_string(s.base, s.size) end,
 })
 
 M.methods = methods
@@ -287,7 +290,7 @@ function M.selftest()
   assert(s:find("\r\n") == 6 and s:sub(8):to_int() == 12345)
   assert(s:sub(1, 5):eq("hello") and tostring(s:sub(-5)) == "12345")
   M.release()
-  assert(not pcall(s.len, s))
+  assert(not pcall(s.size, s))
   return true
 end
 
