@@ -18,10 +18,10 @@ CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
 # Export our symbols: Lua finds the rl_* functions through ffi.C.
-LDFLAGS += -Wl,-E
+EXPORT := -Wl,-E
 
 CORE := rl_bufring rl_conn rl_rxbuf rl_sendq rl_options rl_listen rl_log \
-	rl_worker rl_lua
+	rl_worker rl_lua rl_reload
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o)
 HEADERS := $(wildcard core/*.h)
 CDEF := lua/ringline/cdef.lua
@@ -50,7 +50,7 @@ $(BUILD)/%.o: core/%.c $(HEADERS) | $(BUILD)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/ringline: $(BUILD)/main.o $(CORE_OBJS)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(EXPORT) -o $@ $^ $(LDLIBS)
 
 $(BUILD):
 	mkdir -p $@

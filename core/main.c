@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <stdatomic.h>
@@ -18,6 +20,7 @@
 #include "rl_log.h"
 #include "rl_lua.h"
 #include "rl_options.h"
+#include "rl_reload.h"
 #include "rl_worker.h"
 
 #define RL_VERSION "0.1.0"
@@ -156,30 +159,72 @@ static int all_exited(int n)
 	return atomic_load(&workers_exited) == n;
 }
 
-/* Signals arrive here only (blocked in every worker): stop or reload. */
-static void serve_signals(struct rl_worker *ws, int n)
+static void start_reload(struct rl_shared *sh, struct rl_worker *ws, int n,
+			 int *pending)
 {
-	sigset_t set;
-	int sig;
+	/* One round at a time; a request during a round runs after it. */
+	if (rl_reload_begin(&sh->reload) == -EBUSY) {
+		*pending = 1;
+		return;
+	}
+	*pending = 0;
+	rl_info(-1, "reload %llu: loading %s in %d worker(s)",
+		(unsigned long long)sh->reload.round, sh->cfg->script, n);
+	for (int i = 0; i < n; i++)
+		rl_worker_request_reload(&ws[i]);
+}
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	sigaddset(&set, SIGUSR1);
+/* Main's loop: signals (through a signalfd; blocked in every thread) and
+ * the --watch inotify descriptor.  Returns when the process should stop. */
+static void serve_signals(struct rl_shared *sh, struct rl_worker *ws, int n,
+			  const sigset_t *set, struct rl_watch *wt)
+{
+	struct pollfd pfd[2];
+	struct signalfd_siginfo si;
+	int sfd = signalfd(-1, set, SFD_CLOEXEC), pending = 0;
+
+	if (sfd < 0) {
+		rl_err(-1, "signalfd: %s", strerror(errno));
+		return;
+	}
+	pfd[0] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+	pfd[1] = (struct pollfd){ .fd = wt ? wt->fd : -1, .events = POLLIN };
 	for (;;) {
-		if (sigwait(&set, &sig))
+		uint64_t now = rl_now_ns();
+		int timeout = -1;
+
+		if (wt && wt->due_ns)
+			timeout = wt->due_ns > now ?
+				(int)((wt->due_ns - now) / 1000000) + 1 : 0;
+		if (pending && (timeout < 0 || timeout > 50))
+			timeout = 50;
+		if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
+			break;
+		now = rl_now_ns();
+		if (wt && (pfd[1].revents & POLLIN))
+			rl_watch_read(wt, now);
+		if (wt && wt->due_ns && now >= wt->due_ns) {
+			wt->due_ns = 0;
+			rl_info(-1, "--watch: change seen under %s", wt->dir);
+			start_reload(sh, ws, n, &pending);
+		} else if (pending) {
+			start_reload(sh, ws, n, &pending);
+		}
+		if (!(pfd[0].revents & POLLIN) ||
+		    read(sfd, &si, sizeof(si)) != sizeof(si))
 			continue;
-		if (sig == SIGTERM || sig == SIGINT) {
-			rl_info(-1, "%s: stopping", sig == SIGTERM ? "SIGTERM"
-							     : "SIGINT");
+		if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+			rl_info(-1, "%s: stopping", si.ssi_signo == SIGTERM ?
+				"SIGTERM" : "SIGINT");
 			for (int i = 0; i < n; i++)
 				rl_worker_request_stop(&ws[i]);
-			return;
+			break;
 		}
-		if (sig == SIGHUP) {
-			for (int i = 0; i < n; i++)
-				rl_worker_request_reload(&ws[i]);
+		if (si.ssi_signo == SIGHUP) {
+			if (sh->cfg->builtin)
+				rl_warn(-1, "SIGHUP: --builtin has no script to reload");
+			else
+				start_reload(sh, ws, n, &pending);
 			continue;
 		}
 		/* SIGUSR1: a worker ended on its own; stop the rest. */
@@ -188,11 +233,13 @@ static void serve_signals(struct rl_worker *ws, int n)
 				for (int j = 0; j < n; j++)
 					if (!ws[j].setup_status)
 						rl_worker_request_stop(&ws[j]);
-				return;
+				goto out;
 			}
 		if (all_exited(n))
-			return;
+			break;
 	}
+out:
+	close(sfd);
 }
 
 int main(int argc, char **argv)
@@ -202,6 +249,7 @@ int main(int argc, char **argv)
 	char err[1024], lua_dir[PATH_MAX], script_listen[RL_MAX_LISTEN][128];
 	int nscript = 0, ret, status = 0;
 	struct rl_worker *ws;
+	struct rl_watch watch = { .fd = -1 };
 	sigset_t set;
 
 	rl_options_defaults(&cfg, (int)sysconf(_SC_NPROCESSORS_ONLN));
@@ -248,6 +296,11 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	sh.cfg = &cfg;
 	sh.nworkers = cfg.workers;
+	rl_reload_init(&sh.reload, cfg.workers);
+	if (cfg.watch && rl_watch_open(&watch, cfg.script, err, sizeof(err))) {
+		fprintf(stderr, "ringline: %s\n", err);
+		return EXIT_USAGE;
+	}
 
 	/* Workers inherit this mask: only main takes signals, by sigwait. */
 	sigemptyset(&set);
@@ -284,7 +337,8 @@ int main(int argc, char **argv)
 		rl_info(-1, "serving %s with %d worker(s), %u x %u byte buffers each",
 			cfg.builtin ? "builtin echo" : cfg.script, cfg.workers,
 			cfg.buffers, cfg.buffer_size);
-		serve_signals(ws, cfg.workers);
+		serve_signals(&sh, ws, cfg.workers, &set,
+			      cfg.watch ? &watch : NULL);
 	}
 	for (int i = 0; i < cfg.workers; i++) {
 		pthread_join(ws[i].thread, NULL);
@@ -292,6 +346,7 @@ int main(int argc, char **argv)
 			status = ws[i].setup_status;
 	}
 	free(ws);
+	rl_watch_close(&watch);
 	if (!status)
 		rl_info(-1, "stopped");
 	return status;

@@ -108,6 +108,14 @@ size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen);
 int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,
 		 size_t len);
 
+/* -- Reload -------------------------------------------------------------- */
+
+/* A RELOAD event asks every worker to load the new code into its own state
+ * (compile, top level, init, reload(old)) and vote.  Blocks until all
+ * workers voted or the vote timed out; returns 1 when every worker succeeded
+ * and all switch to the new code, 0 when all keep the old code. */
+int rl_reload_vote(rl_worker *w, int ok);
+
 /* -- Worker facts -------------------------------------------------------- */
 
 int rl_worker_id(rl_worker *w);

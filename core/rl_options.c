@@ -28,6 +28,8 @@ static const char usage[] =
 "      --log-level LEVEL    error, warn, info or debug (default info)\n"
 "      --builtin echo       serve with the C echo handler, no Lua (a baseline)\n"
 "      --check              load the script in a scratch state and exit\n"
+"      --watch              reload when a .lua file in the script's directory\n"
+"                           (or a subdirectory) changes; SIGHUP also reloads\n"
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
 "\n"
@@ -58,7 +60,8 @@ int rl_parse_size(const char *s, uint64_t *out)
 	unsigned long long v;
 	unsigned shift = 0;
 
-	if (!s || !*s || *s == '-' || *s == '+' || *s == ' ')
+	/* strtoull would skip white space and accept a sign: digits only. */
+	if (!s || *s < '0' || *s > '9')
 		return -EINVAL;
 	errno = 0;
 	v = strtoull(s, &end, 10);
@@ -104,7 +107,7 @@ static int num(const char *opt, const char *arg, uint64_t lo, uint64_t hi,
 
 enum {
 	OPT_HIGH = 256, OPT_LOW, OPT_UNCONSUMED, OPT_DRAIN, OPT_PIN,
-	OPT_LOGLEVEL, OPT_BUILTIN, OPT_CHECK,
+	OPT_LOGLEVEL, OPT_BUILTIN, OPT_CHECK, OPT_WATCH,
 };
 
 static const struct option longopts[] = {
@@ -121,6 +124,7 @@ static const struct option longopts[] = {
 	{ "log-level", required_argument, NULL, OPT_LOGLEVEL },
 	{ "builtin", required_argument, NULL, OPT_BUILTIN },
 	{ "check", no_argument, NULL, OPT_CHECK },
+	{ "watch", no_argument, NULL, OPT_WATCH },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -140,39 +144,40 @@ static int set_option(struct rl_config *cfg, int opt, const char *arg,
 		cfg->listen[cfg->nlisten++] = arg;
 		return 0;
 	case 'w':
-		ret = num("workers", arg, 1, 1024, &v, err, len);
-		cfg->workers = (int)v;
+		if (!(ret = num("workers", arg, 1, 1024, &v, err, len)))
+			cfg->workers = (int)v;
 		break;
 	case 'b':
-		ret = num("buffers", arg, 2, 32768, &v, err, len);
-		if (!ret && (v & (v - 1)))
+		if ((ret = num("buffers", arg, 2, 32768, &v, err, len)))
+			break;
+		if (v & (v - 1))
 			return bad(err, len, "invalid value '%s' for --buffers: "
 				   "must be a power of two%s", arg, "");
 		cfg->buffers = (uint32_t)v;
 		break;
 	case 's':
-		ret = num("buffer-size", arg, 512, 1u << 20, &v, err, len);
-		cfg->buffer_size = (uint32_t)v;
+		if (!(ret = num("buffer-size", arg, 512, 1u << 20, &v, err, len)))
+			cfg->buffer_size = (uint32_t)v;
 		break;
 	case 'c':
-		ret = num("max-conns", arg, 1, RL_CONN_MAX_PROCESS, &v, err, len);
-		cfg->max_conns = (uint32_t)v;
+		if (!(ret = num("max-conns", arg, 1, RL_CONN_MAX_PROCESS, &v, err, len)))
+			cfg->max_conns = (uint32_t)v;
 		break;
 	case OPT_HIGH:
-		ret = num("high-water", arg, 1, 1ull << 40, &v, err, len);
-		cfg->high_water = v;
+		if (!(ret = num("high-water", arg, 1, 1ull << 40, &v, err, len)))
+			cfg->high_water = v;
 		break;
 	case OPT_LOW:
-		ret = num("low-water", arg, 0, 1ull << 40, &v, err, len);
-		cfg->low_water = v;
+		if (!(ret = num("low-water", arg, 0, 1ull << 40, &v, err, len)))
+			cfg->low_water = v;
 		break;
 	case OPT_UNCONSUMED:
-		ret = num("max-unconsumed", arg, 1, 1u << 30, &v, err, len);
-		cfg->max_unconsumed = v;
+		if (!(ret = num("max-unconsumed", arg, 1, 1u << 30, &v, err, len)))
+			cfg->max_unconsumed = v;
 		break;
 	case OPT_DRAIN:
-		ret = num("drain-timeout", arg, 0, 3600000, &v, err, len);
-		cfg->drain_timeout_ms = (uint32_t)v;
+		if (!(ret = num("drain-timeout", arg, 0, 3600000, &v, err, len)))
+			cfg->drain_timeout_ms = (uint32_t)v;
 		break;
 	case OPT_PIN:
 		cfg->pin = 1;
@@ -192,6 +197,9 @@ static int set_option(struct rl_config *cfg, int opt, const char *arg,
 	case OPT_CHECK:
 		cfg->check_only = 1;
 		return 0;
+	case OPT_WATCH:
+		cfg->watch = 1;
+		return 0;
 	}
 	return ret;
 }
@@ -201,7 +209,7 @@ int rl_options_parse(struct rl_config *cfg, int argc, char **argv,
 {
 	int opt, ret;
 
-	optind = 1;
+	optind = 0;     /* 0, not 1: glibc then forgets a half-read "-hV" */
 	opterr = 0;
 	while ((opt = getopt_long(argc, argv, ":l:w:b:s:c:hV", longopts,
 				  NULL)) != -1) {
@@ -214,6 +222,12 @@ int rl_options_parse(struct rl_config *cfg, int argc, char **argv,
 			return bad(err, len, "option '%s' needs a value%s",
 				   argv[optind - 1], "");
 		case '?':
+			if (optopt > 0 && optopt < 256) {
+				char o[3] = { '-', (char)optopt, 0 };
+
+				return bad(err, len, "unknown option '%s' (see "
+					   "--help)%s", o, "");
+			}
 			return bad(err, len, "unknown option '%s' (see --help)%s",
 				   argv[optind - 1], "");
 		default:
@@ -233,6 +247,8 @@ int rl_options_parse(struct rl_config *cfg, int argc, char **argv,
 	if (cfg->script && cfg->builtin)
 		return bad(err, len, "give a script or --builtin, not both%s%s",
 			   "", "");
+	if (cfg->builtin && cfg->watch)
+		return bad(err, len, "--watch needs a script%s%s", "", "");
 	if (cfg->builtin && cfg->nlisten == 0)
 		return bad(err, len, "--builtin needs --listen%s%s", "", "");
 	if (cfg->low_water >= cfg->high_water)

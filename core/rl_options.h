@@ -23,6 +23,7 @@ struct rl_config {
 	int log_level;
 	int pin;                  /* pin worker i to CPU i */
 	int check_only;           /* --check: load the script and exit */
+	int watch;                /* --watch: reload when the script changes */
 	const char *builtin;      /* "echo": C handler, no script */
 };
 

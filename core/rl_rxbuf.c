@@ -103,9 +103,11 @@ static int keep_tail(struct rl_rxbuf *rx, uint32_t off, size_t limit,
 		     uint64_t *copied)
 {
 	uint32_t n = rx->buf_len - off;
+	int ret = n ? append(rx, rx->buf + off, n, limit) : 0;
 
-	*copied += n;
-	return n ? append(rx, rx->buf + off, n, limit) : 0;
+	if (!ret)
+		*copied += n;
+	return ret;
 }
 
 int rl_rxbuf_consumed(struct rl_rxbuf *rx, uint32_t n, size_t limit,

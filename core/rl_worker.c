@@ -58,13 +58,7 @@ static inline enum rl_op ud_op(uint64_t ud) { return (enum rl_op)(ud >> 56); }
 static inline uint32_t ud_gen(uint64_t ud) { return (ud >> 32) & RL_CONN_GEN_MASK; }
 static inline uint32_t ud_idx(uint64_t ud) { return (uint32_t)ud; }
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
+#define now_ns rl_now_ns
 
 /* -- Small vectors ------------------------------------------------------- */
 

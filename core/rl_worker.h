@@ -13,6 +13,7 @@
 #include "rl_conn.h"
 #include "rl_listen.h"
 #include "rl_options.h"
+#include "rl_reload.h"
 #include "rl_sendq.h"
 
 #define RL_IOV_MAX 64          /* pieces in one sendmsg */
@@ -27,6 +28,7 @@ struct rl_shared {
 	int nworkers;
 	struct rl_addr addrs[RL_MAX_LISTEN];
 	int naddrs;
+	struct rl_reload reload;
 };
 
 struct rl_listener {
@@ -76,6 +78,7 @@ struct rl_worker {
 	int aborted;
 	uint64_t deadline_ns;
 	int reload_pending;
+	uint64_t voted_round;       /* last reload round this worker voted in */
 
 	size_t max_unconsumed;
 	rl_stats stats;

@@ -45,15 +45,96 @@ local function handler_error(w, c, err)
   end
 end
 
+-- -- Reload ------------------------------------------------------------------
+--
+-- Modules the script loaded from its own directory tree are loaded afresh on
+-- every reload; ringline's own modules and the standard library are not
+-- (they hold FFI declarations that cannot be made twice).
+
+local script_dir
+local baseline = {}       -- modules loaded before the script
+local script_modules = {} -- name -> true: reloaded with the script
+
+local function in_script_dir(name)
+  local path = package.searchpath(name, package.path)
+  return path ~= nil and path:sub(1, #script_dir + 1) == script_dir .. "/"
+end
+
+local function note_script_modules()
+  script_modules = {}
+  for name in pairs(package.loaded) do
+    if not baseline[name] and in_script_dir(name) then
+      script_modules[name] = true
+    end
+  end
+end
+
+-- Load the script, run init() and, if the new version has it, reload(old).
+-- Returns the new service table, or nil and the error.  package.loaded is
+-- left as the new version needs it; undo() puts the old one back.
+local function load_version(script, old)
+  local saved = {}
+  for name in pairs(script_modules) do
+    saved[name] = package.loaded[name]
+    package.loaded[name] = nil
+  end
+  local function undo()
+    for name in pairs(package.loaded) do
+      if not baseline[name] and in_script_dir(name) then
+        package.loaded[name] = nil
+      end
+    end
+    for name, m in pairs(saved) do package.loaded[name] = m end
+  end
+  local ok, svc = pcall(function()
+    local s = service.load(script)
+    if s.init then
+      local ok, err = pcall(s.init)
+      if not ok then
+        error(("script %s: init failed: %s"):format(script, tostring(err)), 0)
+      end
+    end
+    if s.reload and old then
+      local ok, err = pcall(s.reload, old)
+      if not ok then
+        error(("script %s: reload(old) failed: %s"):format(script,
+          tostring(err)), 0)
+      end
+    end
+    return s
+  end)
+  if not ok then
+    undo()
+    return nil, svc
+  end
+  return svc, undo
+end
+
 local function bad_consumed(k)
   error(("on_data must return the number of bytes consumed or nil, got %s")
     :format(type(k) == "number" and tostring(k) or type(k)), 0)
 end
 
-local function run(w, svc)
+local function run(w, svc, script)
   local evs = ffi.new("rl_event[?]", MAX_EVENTS)
   local conns = {}
   local on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
+
+  -- Every worker loads the new version, then all vote; the handlers switch
+  -- only if every worker succeeded.  Connections, their state tables,
+  -- unconsumed bytes and queued sends are untouched either way.
+  local function reload()
+    local new, undo = load_version(script, svc)
+    if not new then ringline.error("reload failed: " .. tostring(undo)) end
+    if C.rl_reload_vote(w, new and 1 or 0) ~= 1 then
+      if new then undo() end
+      return
+    end
+    svc = new
+    on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
+    C.rl_worker_set_max_unconsumed(w, svc.max_unconsumed or 0)
+    note_script_modules()
+  end
   local new_conn = connmod.new
   local i, n = 0, 0
   local cur
@@ -105,7 +186,8 @@ local function run(w, svc)
             end
           end
         elseif t == EV_RELOAD then
-          ringline.warn("SIGHUP: reload is not available in this build")
+          cur = nil
+          reload()
         end
       end
     end
@@ -129,17 +211,15 @@ function M.prepare(wptr, script)
   local w = ffi.cast("rl_worker *", wptr)
   ringline._bind(w)
   connmod.bind(w)
-  local svc = service.load(script)
+  script_dir = script:match("^(.*)/[^/]*$") or "."
+  for name in pairs(package.loaded) do baseline[name] = true end
+  local svc, err = load_version(script, nil)
+  if not svc then error(err, 0) end
+  note_script_modules()
   if svc.max_unconsumed then
     C.rl_worker_set_max_unconsumed(w, svc.max_unconsumed)
   end
-  if svc.init then
-    local ok, err = pcall(svc.init)
-    if not ok then
-      error(("script %s: init failed: %s"):format(script, tostring(err)), 0)
-    end
-  end
-  return function() return run(w, svc) end
+  return function() return run(w, svc, script) end
 end
 
 return M

@@ -43,10 +43,10 @@ end
 function M.load(path)
   local chunk, err = loadfile(path)
   if not chunk then error("script " .. err, 0) end
-  local ok, svc = xpcall(chunk, debug.traceback)
+  local ok, svc = pcall(chunk)
   if not ok then
-    -- The first line is the error itself; the traceback is for debug logs.
-    error(("script %s: %s"):format(path, tostring(svc):match("^[^\n]*")), 0)
+    -- One log line: require's "error loading module" spans two.
+    error(("script %s: %s"):format(path, (tostring(svc):gsub("\n%s*", " "))), 0)
   end
   return M.validate(svc, path)
 end

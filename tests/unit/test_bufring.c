@@ -1,0 +1,376 @@
+/* test_bufring.c: unit tests for the provided buffer ring and its leases (core/rl_bufring.c). */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "rl_bufring.h"
+
+/* The ring entry at position pos (an unmasked ring index). */
+static struct io_uring_buf *entry_at(const struct rl_bufring *r, uint32_t pos)
+{
+	return &r->br->bufs[pos & (r->nbufs - 1)];
+}
+
+/* The entry at pos names buffer bid with its full address and size. */
+static void assert_entry(const struct rl_bufring *r, uint32_t pos, uint32_t bid)
+{
+	const struct io_uring_buf *b = entry_at(r, pos);
+
+	assert_int_equal(b->bid, bid);
+	assert_int_equal(b->len, r->size);
+	assert_true(b->addr == (uint64_t)(uintptr_t)rl_bufring_addr(r, bid));
+}
+
+static uint16_t tail_of(const struct rl_bufring *r)
+{
+	return r->br->tail;
+}
+
+/* A small deterministic generator, so failures reproduce. */
+static uint32_t rng_state = 12345;
+static uint32_t rnd(void)
+{
+	rng_state = rng_state * 1103515245u + 12345u;
+	return rng_state >> 8;
+}
+
+static void shuffle(uint32_t *a, uint32_t n)
+{
+	for (uint32_t i = n; i > 1; i--) {
+		uint32_t j = rnd() % i, t = a[i - 1];
+
+		a[i - 1] = a[j];
+		a[j] = t;
+	}
+}
+
+static void test_init_rejects_bad_counts(void **state)
+{
+	static const uint32_t bad[] = { 0, 3, 5, 6, 12, 100, 32767, 32769,
+					65535, 65536, 1u << 20, UINT32_MAX };
+	struct rl_bufring r;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		memset(&r, 0xa5, sizeof(r));
+		assert_int_equal(rl_bufring_init(&r, bad[i], 4096), -EINVAL);
+		/* Nothing allocated, nothing left pointing anywhere. */
+		assert_null(r.br);
+		assert_null(r.mem);
+		assert_null(r.leases);
+	}
+	assert_int_equal(rl_bufring_init(&r, 8, 0), -EINVAL);
+	assert_null(r.br);
+}
+
+static void test_init_accepts_powers_of_two(void **state)
+{
+	static const uint32_t good[] = { 1, 2, 4, 64, 1024, 32768 };
+	struct rl_bufring r;
+
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		assert_int_equal(rl_bufring_init(&r, good[i], 512), 0);
+		assert_int_equal(r.nbufs, good[i]);
+		assert_int_equal(rl_bufring_available(&r), good[i]);
+		assert_int_equal(tail_of(&r), (uint16_t)good[i]);
+		rl_bufring_free(&r, NULL);
+		assert_null(r.br);
+	}
+}
+
+static void test_init_layout(void **state)
+{
+	struct rl_bufring r;
+
+	assert_int_equal(rl_bufring_init(&r, 8, 64), 0);
+	assert_non_null(r.br);
+	assert_non_null(r.mem);
+	assert_non_null(r.leases);
+	assert_int_equal(r.size, 64);
+	assert_int_equal(r.staged, 0);
+	assert_int_equal(r.leased, 0);
+	assert_int_equal(r.bgid, -1);
+	assert_int_equal(r.registered, 0);
+	/* Every id is in the ring, at its own position, tail after them all. */
+	assert_int_equal(tail_of(&r), 8);
+	for (uint32_t bid = 0; bid < 8; bid++) {
+		assert_int_equal(r.leases[bid], 0);
+		assert_entry(&r, bid, bid);
+		assert_ptr_equal(rl_bufring_addr(&r, bid), r.mem + bid * 64);
+	}
+	/* The buffer memory is usable. */
+	memset(r.mem, 0x5a, 8 * 64);
+	rl_bufring_free(&r, NULL);
+}
+
+static void test_take_ref_unref_counting(void **state)
+{
+	struct rl_bufring r;
+
+	assert_int_equal(rl_bufring_init(&r, 8, 128), 0);
+
+	assert_int_equal(rl_bufring_take(&r, 3), 0);
+	assert_int_equal(r.leases[3], 1);
+	assert_int_equal(r.leased, 1);
+	assert_int_equal(rl_bufring_available(&r), 7);
+	/* A leased id cannot come from the ring again. */
+	assert_int_equal(rl_bufring_take(&r, 3), -EINVAL);
+	assert_int_equal(r.leases[3], 1);
+	assert_int_equal(r.leased, 1);
+
+	assert_int_equal(rl_bufring_ref(&r, 3), 0);
+	assert_int_equal(rl_bufring_ref(&r, 3), 0);
+	assert_int_equal(r.leases[3], 3);
+	assert_int_equal(r.leased, 1);          /* one id, three leases */
+
+	assert_int_equal(rl_bufring_unref(&r, 3), 0);
+	assert_int_equal(r.leases[3], 2);
+	assert_int_equal(rl_bufring_unref(&r, 3), 0);
+	assert_int_equal(r.leases[3], 1);
+	assert_int_equal(r.staged, 0);
+	assert_int_equal(r.leased, 1);
+
+	/* The last lease stages the id just past the tail. */
+	uint16_t tail = tail_of(&r);
+	assert_int_equal(rl_bufring_unref(&r, 3), 1);
+	assert_int_equal(r.leases[3], 0);
+	assert_int_equal(r.leased, 0);
+	assert_int_equal(r.staged, 1);
+	assert_int_equal(rl_bufring_available(&r), 8);
+	assert_entry(&r, tail, 3);
+	assert_int_equal(tail_of(&r), tail);     /* invisible until publish */
+
+	/* Double unref, ref without a lease. */
+	assert_int_equal(rl_bufring_unref(&r, 3), -EINVAL);
+	assert_int_equal(rl_bufring_ref(&r, 3), -EINVAL);
+	assert_int_equal(r.leases[3], 0);
+	assert_int_equal(r.staged, 1);
+	assert_int_equal(r.leased, 0);
+
+	/* Ids out of range. */
+	assert_int_equal(rl_bufring_take(&r, 8), -EINVAL);
+	assert_int_equal(rl_bufring_ref(&r, 8), -EINVAL);
+	assert_int_equal(rl_bufring_unref(&r, 8), -EINVAL);
+	assert_int_equal(rl_bufring_take(&r, UINT32_MAX), -EINVAL);
+	assert_int_equal(r.leased, 0);
+
+	assert_int_equal(rl_bufring_publish(&r), 1);
+	assert_int_equal(tail_of(&r), (uint16_t)(tail + 1));
+	rl_bufring_free(&r, NULL);
+}
+
+static void test_ref_saturates(void **state)
+{
+	struct rl_bufring r;
+
+	assert_int_equal(rl_bufring_init(&r, 2, 64), 0);
+	assert_int_equal(rl_bufring_take(&r, 1), 0);
+	for (uint32_t i = 1; i < UINT16_MAX; i++)
+		assert_int_equal(rl_bufring_ref(&r, 1), 0);
+	assert_int_equal(r.leases[1], UINT16_MAX);
+	/* One more would wrap the count to 0: refused. */
+	assert_int_equal(rl_bufring_ref(&r, 1), -EINVAL);
+	assert_int_equal(r.leases[1], UINT16_MAX);
+	for (uint32_t i = 1; i < UINT16_MAX; i++)
+		assert_int_equal(rl_bufring_unref(&r, 1), 0);
+	assert_int_equal(rl_bufring_unref(&r, 1), 1);
+	assert_int_equal(r.staged, 1);
+	assert_int_equal(r.leased, 0);
+	rl_bufring_free(&r, NULL);
+}
+
+static void test_publish_is_one_batch(void **state)
+{
+	struct rl_bufring r;
+	uint16_t tail;
+
+	assert_int_equal(rl_bufring_init(&r, 8, 256), 0);
+	for (uint32_t bid = 0; bid < 8; bid++)
+		assert_int_equal(rl_bufring_take(&r, bid), 0);
+	assert_int_equal(rl_bufring_available(&r), 0);
+
+	tail = tail_of(&r);
+	assert_int_equal(rl_bufring_publish(&r), 0);   /* nothing staged */
+	assert_int_equal(tail_of(&r), tail);
+
+	assert_int_equal(rl_bufring_unref(&r, 5), 1);
+	assert_int_equal(rl_bufring_unref(&r, 2), 1);
+	assert_int_equal(rl_bufring_unref(&r, 7), 1);
+	assert_int_equal(r.staged, 3);
+	assert_int_equal(tail_of(&r), tail);
+	/* Staged in release order at tail, tail+1, tail+2. */
+	assert_entry(&r, tail + 0, 5);
+	assert_entry(&r, tail + 1, 2);
+	assert_entry(&r, tail + 2, 7);
+
+	assert_int_equal(rl_bufring_publish(&r), 3);
+	assert_int_equal(tail_of(&r), (uint16_t)(tail + 3));
+	assert_int_equal(r.staged, 0);
+	assert_int_equal(rl_bufring_available(&r), 3);
+	/* Publishing again changes nothing. */
+	assert_int_equal(rl_bufring_publish(&r), 0);
+	assert_int_equal(tail_of(&r), (uint16_t)(tail + 3));
+
+	/* The next release is staged at the new tail. */
+	assert_int_equal(rl_bufring_unref(&r, 0), 1);
+	assert_entry(&r, tail + 3, 0);
+	assert_int_equal(rl_bufring_publish(&r), 1);
+	assert_int_equal(tail_of(&r), (uint16_t)(tail + 4));
+
+	/* A released id can be taken again. */
+	assert_int_equal(rl_bufring_take(&r, 5), 0);
+	assert_int_equal(r.leases[5], 1);
+	rl_bufring_free(&r, NULL);
+}
+
+/* Many rounds of take/unref/publish, each a different number of ids in a
+ * random order, until the 16-bit tail has wrapped more than twice. */
+static void test_wraparound(void **state)
+{
+	enum { N = 16 };
+	struct rl_bufring r;
+	uint32_t ids[N], expect_tail = N, total = 0;
+
+	rng_state = 777;
+	assert_int_equal(rl_bufring_init(&r, N, 64), 0);
+	for (uint32_t round = 0; total < 3 * 65536 + 123; round++) {
+		uint32_t k = 1 + rnd() % N;
+		uint16_t tail = tail_of(&r);
+
+		assert_int_equal(tail, (uint16_t)expect_tail);
+		for (uint32_t i = 0; i < N; i++)
+			ids[i] = i;
+		shuffle(ids, N);
+		for (uint32_t i = 0; i < k; i++)
+			assert_int_equal(rl_bufring_take(&r, ids[i]), 0);
+		assert_int_equal(rl_bufring_available(&r), N - k);
+		shuffle(ids, k);
+		for (uint32_t i = 0; i < k; i++) {
+			/* Sometimes a second holder: only its end stages. */
+			if (rnd() % 3 == 0) {
+				assert_int_equal(rl_bufring_ref(&r, ids[i]), 0);
+				assert_int_equal(rl_bufring_unref(&r, ids[i]), 0);
+			}
+			assert_int_equal(rl_bufring_unref(&r, ids[i]), 1);
+			assert_int_equal(r.staged, i + 1);
+		}
+		for (uint32_t i = 0; i < k; i++)
+			assert_entry(&r, (uint32_t)tail + i, ids[i]);
+		assert_int_equal(tail_of(&r), tail);
+		assert_int_equal(rl_bufring_publish(&r), k);
+		expect_tail += k;
+		total += k;
+		assert_int_equal(tail_of(&r), (uint16_t)expect_tail);
+		assert_int_equal(r.staged, 0);
+		assert_int_equal(r.leased, 0);
+	}
+	assert_true(expect_tail > 3 * 65536);
+	rl_bufring_free(&r, NULL);
+}
+
+/* Full cycles of every id, tail wrapping: the entries always land at the
+ * masked positions, including on the wrap itself. */
+static void test_wraparound_full_cycles(void **state)
+{
+	enum { N = 8 };
+	struct rl_bufring r;
+	uint32_t cycles = 0;
+
+	assert_int_equal(rl_bufring_init(&r, N, 32), 0);
+	for (uint32_t c = 0; c < 70000 / N + 10; c++) {
+		uint16_t tail = tail_of(&r);
+
+		for (uint32_t bid = 0; bid < N; bid++)
+			assert_int_equal(rl_bufring_take(&r, bid), 0);
+		assert_int_equal(rl_bufring_available(&r), 0);
+		/* Release in reverse order every other cycle. */
+		for (uint32_t i = 0; i < N; i++) {
+			uint32_t bid = (c & 1) ? N - 1 - i : i;
+
+			assert_int_equal(rl_bufring_unref(&r, bid), 1);
+		}
+		for (uint32_t i = 0; i < N; i++)
+			assert_entry(&r, (uint32_t)tail + i,
+				     (c & 1) ? N - 1 - i : i);
+		assert_int_equal(rl_bufring_publish(&r), N);
+		assert_int_equal(tail_of(&r), (uint16_t)(tail + N));
+		cycles++;
+	}
+	assert_true(cycles * N > 65536);
+	/* N + cycles * N, modulo 2^16. */
+	assert_int_equal(tail_of(&r), (uint16_t)(N + cycles * N));
+	rl_bufring_free(&r, NULL);
+}
+
+static void test_exhaustion(void **state)
+{
+	struct rl_bufring r;
+
+	assert_int_equal(rl_bufring_init(&r, 16, 64), 0);
+	for (uint32_t bid = 0; bid < 16; bid++) {
+		assert_int_equal(rl_bufring_available(&r), 16 - bid);
+		assert_int_equal(rl_bufring_take(&r, bid), 0);
+	}
+	assert_int_equal(rl_bufring_available(&r), 0);
+	assert_int_equal(r.leased, 16);
+	for (uint32_t bid = 0; bid < 16; bid++)
+		assert_int_equal(rl_bufring_take(&r, bid), -EINVAL);
+	assert_int_equal(rl_bufring_available(&r), 0);
+	/* A lease held by a second holder does not give the id back. */
+	assert_int_equal(rl_bufring_ref(&r, 9), 0);
+	assert_int_equal(rl_bufring_unref(&r, 9), 0);
+	assert_int_equal(rl_bufring_available(&r), 0);
+	assert_int_equal(rl_bufring_unref(&r, 9), 1);
+	assert_int_equal(rl_bufring_available(&r), 1);
+	/* Available counts staged ids even before publish. */
+	assert_int_equal(r.staged, 1);
+	assert_int_equal(rl_bufring_publish(&r), 1);
+	assert_int_equal(rl_bufring_available(&r), 1);
+	rl_bufring_free(&r, NULL);
+}
+
+static void test_bid_of(void **state)
+{
+	struct rl_bufring r;
+	int local;
+
+	assert_int_equal(rl_bufring_init(&r, 4, 1000), 0);
+	assert_int_equal(rl_bufring_bid_of(&r, r.mem), 0);
+	assert_int_equal(rl_bufring_bid_of(&r, r.mem + 999), 0);
+	assert_int_equal(rl_bufring_bid_of(&r, r.mem + 1000), 1);
+	assert_int_equal(rl_bufring_bid_of(&r, r.mem + 2500), 2);
+	assert_int_equal(rl_bufring_bid_of(&r, r.mem + 3999), 3);
+	for (uint32_t bid = 0; bid < 4; bid++)
+		assert_int_equal(rl_bufring_bid_of(&r, rl_bufring_addr(&r, bid)),
+				 bid);
+	/* One past the end, one before the start, elsewhere. */
+	assert_int_equal(rl_bufring_bid_of(&r, r.mem + 4000), -1);
+	assert_int_equal(rl_bufring_bid_of(&r, r.mem + 100000), -1);
+	assert_int_equal(rl_bufring_bid_of(&r,
+		(const void *)((uintptr_t)r.mem - 1)), -1);
+	assert_int_equal(rl_bufring_bid_of(&r, &local), -1);
+	assert_int_equal(rl_bufring_bid_of(&r, NULL), -1);
+	assert_int_equal(rl_bufring_bid_of(&r, r.br), -1);
+	rl_bufring_free(&r, NULL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_init_rejects_bad_counts),
+		cmocka_unit_test(test_init_accepts_powers_of_two),
+		cmocka_unit_test(test_init_layout),
+		cmocka_unit_test(test_take_ref_unref_counting),
+		cmocka_unit_test(test_ref_saturates),
+		cmocka_unit_test(test_publish_is_one_batch),
+		cmocka_unit_test(test_wraparound),
+		cmocka_unit_test(test_wraparound_full_cycles),
+		cmocka_unit_test(test_exhaustion),
+		cmocka_unit_test(test_bid_of),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
