@@ -41,6 +41,7 @@ enum rl_close_reason {
 	RL_CLOSE_ERROR = 2,      /* the handler raised a Lua error */
 	RL_CLOSE_UNCONSUMED = 3, /* unconsumed bytes passed the limit */
 	RL_CLOSE_SHUTDOWN = 4,   /* the process is stopping */
+	RL_CLOSE_TIMEOUT = 5,    /* idle longer than the connection's timeout */
 };
 
 /* A zero-copy view of received bytes.  C never builds one; the struct lives
@@ -107,6 +108,12 @@ size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen);
  * Returns the length or -errno. */
 int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,
 		 size_t len);
+
+/* -- Time --------------------------------------------------------------- */
+
+/* The next poll returns by this CLOCK_MONOTONIC time in nanoseconds (0: no
+ * deadline), so Lua timers fire even when no I/O happens. */
+void rl_worker_wake_at(rl_worker *w, uint64_t ns);
 
 /* -- Reload -------------------------------------------------------------- */
 

@@ -612,6 +612,8 @@ static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 	}
 	if (w->stopping)
 		until = w->aborted ? now + 100000000ull : w->deadline_ns;
+	if (w->wake_at_ns && w->wake_at_ns < until)
+		until = w->wake_at_ns;
 	for (int i = 0; i < w->nls; i++)
 		if (!w->ls[i].armed && w->ls[i].fd >= 0 &&
 		    w->ls[i].retry_at_ns < until)
@@ -823,6 +825,11 @@ int rl_worker_id(rl_worker *w) { return w->id; }
 int rl_worker_count(rl_worker *w) { return w->shared->nworkers; }
 rl_stats *rl_worker_stats(rl_worker *w) { return &w->stats; }
 
+void rl_worker_wake_at(rl_worker *w, uint64_t ns)
+{
+	w->wake_at_ns = ns;
+}
+
 void rl_worker_set_max_unconsumed(rl_worker *w, size_t bytes)
 {
 	if (bytes)
@@ -837,6 +844,7 @@ const char *rl_close_reason_text(int reason)
 	case RL_CLOSE_ERROR: return "handler error";
 	case RL_CLOSE_UNCONSUMED: return "unconsumed bytes over the limit";
 	case RL_CLOSE_SHUTDOWN: return "server shutting down";
+	case RL_CLOSE_TIMEOUT: return "idle timeout";
 	}
 	return reason < 0 ? strerror(-reason) : "unknown";
 }

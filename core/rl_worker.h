@@ -77,6 +77,7 @@ struct rl_worker {
 	int stopping;
 	int aborted;
 	uint64_t deadline_ns;
+	uint64_t wake_at_ns;        /* earliest Lua timer, 0 = none */
 	int reload_pending;
 	uint64_t voted_round;       /* last reload round this worker voted in */
 

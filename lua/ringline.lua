@@ -51,4 +51,8 @@ end
 
 M.slice = require "ringline.slice"
 
+local timer = require "ringline.timer"
+-- Timers: ringline.after(ms, fn), ringline.every(ms, fn); t:cancel().
+M.after, M.every, M.now_ms = timer.after, timer.every, timer.now_ms
+
 return M

@@ -2,6 +2,7 @@
 local ffi = require "ffi"
 require "ringline.cdef"
 local slice = require "ringline.slice"
+local timer = require "ringline.timer"
 
 local C = ffi.C
 local ffi_istype, ffi_string = ffi.istype, ffi.string
@@ -57,6 +58,35 @@ function methods.abort(c)
   C.rl_conn_close(W, c._idx, c._gen, C.RL_CLOSE_LOCAL, 1)
 end
 
+-- Close the connection (reason "timeout") when no bytes arrive for ms
+-- milliseconds; 0 turns it off.  Checked lazily: one timer per connection,
+-- re-armed only when it fires early.
+local function idle_check(t)
+  local c = t.conn
+  if c.closed or c._idle_ms == 0 then return end
+  local due = c._last + c._idle_ms
+  local now = timer.now_ms()
+  if now >= due then
+    C.rl_conn_close(W, c._idx, c._gen, C.RL_CLOSE_TIMEOUT, 0)
+  else
+    c._idle_timer = timer.after(due - now, idle_check)
+    c._idle_timer.conn = c
+  end
+end
+
+function methods.set_timeout(c, ms)
+  if type(ms) ~= "number" or ms < 0 then
+    error("conn:set_timeout expects milliseconds >= 0", 2)
+  end
+  if c._idle_timer then c._idle_timer:cancel() end
+  c._idle_ms, c._idle_timer = ms, nil
+  if ms > 0 and not c.closed then
+    c._last = timer.now_ms()
+    c._idle_timer = timer.after(ms, idle_check)
+    c._idle_timer.conn = c
+  end
+end
+
 -- Bytes queued and not yet sent.
 function methods.unsent(c)
   if c.closed then return 0 end
@@ -88,7 +118,7 @@ end
 function M.new(idx, gen)
   return setmetatable({
     _idx = idx, _gen = gen, id = id_base + gen * 1048576 + idx,
-    state = {}, closed = false,
+    state = {}, closed = false, _idle_ms = 0, _last = 0,
   }, mt)
 end
 

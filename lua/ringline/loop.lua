@@ -10,6 +10,7 @@ local slice = require "ringline.slice"
 local connmod = require "ringline.conn"
 local service = require "ringline.service"
 local ringline = require "ringline"
+local timer = require "ringline.timer"
 
 local C = ffi.C
 local pcall, type, tostring = pcall, type, tostring
@@ -24,7 +25,7 @@ local M = {}
 local REASONS = {
   [C.RL_CLOSE_PEER] = "peer", [C.RL_CLOSE_LOCAL] = "local",
   [C.RL_CLOSE_ERROR] = "error", [C.RL_CLOSE_UNCONSUMED] = "unconsumed",
-  [C.RL_CLOSE_SHUTDOWN] = "shutdown",
+  [C.RL_CLOSE_SHUTDOWN] = "shutdown", [C.RL_CLOSE_TIMEOUT] = "timeout",
 }
 
 local function reason_text(res)
@@ -124,20 +125,31 @@ local function run(w, svc, script)
   -- only if every worker succeeded.  Connections, their state tables,
   -- unconsumed bytes and queued sends are untouched either way.
   local function reload()
+    timer.set_owner(version + 1)
     local new, undo = load_version(script, svc)
     if not new then ringline.error("reload failed: " .. tostring(undo)) end
-    if C.rl_reload_vote(w, new and 1 or 0) ~= 1 then
+    local ok = C.rl_reload_vote(w, new and 1 or 0) == 1
+    -- Periodic timers of the version that lost go; see ringline.timer.
+    timer.cancel_owner(ok and version or version + 1)
+    if not ok then
+      timer.set_owner(version)
       if new then undo() end
       return
     end
+    version = version + 1
     svc = new
     on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
     C.rl_worker_set_max_unconsumed(w, svc.max_unconsumed or 0)
     note_script_modules()
   end
   local new_conn = connmod.new
+  local run_due, now_ms = timer.run_due, timer.now_ms
   local i, n = 0, 0
   local cur
+  local now = now_ms()
+  local wake_at = 0
+  local version = 1
+  timer.set_owner(version)
 
   -- Poll and dispatch in one loop, so the whole thing compiles into one
   -- trace (with side traces per event type) instead of returning to the
@@ -146,8 +158,14 @@ local function run(w, svc, script)
     while true do
       if i >= n then
         cur = nil
+        local next_at = run_due(now) or 0
+        if next_at ~= wake_at then
+          wake_at = next_at
+          C.rl_worker_wake_at(w, next_at * 1e6)
+        end
         n = C.rl_worker_poll(w, evs, MAX_EVENTS)
         i = 0
+        now = now_ms()
         if n < 0 then return end
       else
         local e = evs[i]
@@ -157,6 +175,7 @@ local function run(w, svc, script)
           local c = conns[e.conn]
           if c and C.rl_rx_begin(w, e) == 0 then
             cur = c
+            c._last = now
             repeat
               local k = on_data(c, new_slice(e.ptr, e.len, e.bid))
               release()
@@ -180,6 +199,7 @@ local function run(w, svc, script)
           if c and c._gen == e.gen then
             conns[e.conn] = nil
             c.closed = true
+            if c._idle_timer then c._idle_timer:cancel() end
             if on_close then
               cur = c
               on_close(c, reason_text(e.res))
@@ -210,6 +230,7 @@ end
 function M.prepare(wptr, script)
   local w = ffi.cast("rl_worker *", wptr)
   ringline._bind(w)
+  timer.set_logger(ringline.error)
   connmod.bind(w)
   script_dir = script:match("^(.*)/[^/]*$") or "."
   for name in pairs(package.loaded) do baseline[name] = true end
