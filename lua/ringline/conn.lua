@@ -46,6 +46,15 @@ function methods.send(c, x)
   return true
 end
 
+-- Queue n bytes at an FFI pointer (copied once), e.g. a string.buffer's
+-- ref(): lets a response be built without making a Lua string.
+function methods.send_ptr(c, p, n)
+  if c.closed then return nil, "closed" end
+  local ret = C.rl_conn_send(W, c._idx, c._gen, p, n, -1)
+  if ret ~= 0 then return send_error(ret) end
+  return true
+end
+
 -- Close once everything queued has been sent.
 function methods.close(c)
   if c.closed then return end
