@@ -110,11 +110,10 @@ bench: all $(BENCH_TOOLS)
 
 # -- Install ------------------------------------------------------------------
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ringline/lua/ringline \
-		$(DESTDIR)$(PREFIX)/share/ringline/scripts
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ringline/scripts
 	install -m 755 $(BUILD)/ringline $(DESTDIR)$(PREFIX)/bin/ringline
-	install -m 644 lua/*.lua $(DESTDIR)$(PREFIX)/share/ringline/lua/
-	install -m 644 lua/ringline/*.lua $(DESTDIR)$(PREFIX)/share/ringline/lua/ringline/
+	for f in $$(cd lua && find . -name '*.lua'); do \
+		install -D -m 644 lua/$$f $(DESTDIR)$(PREFIX)/share/ringline/lua/$$f; done
 	install -m 644 scripts/*.lua $(DESTDIR)$(PREFIX)/share/ringline/scripts/
 
 clean:

@@ -32,13 +32,21 @@ int rl_bufring_init(struct rl_bufring *r, uint32_t nbufs, uint32_t size)
 		goto err;
 	}
 	r->leases = calloc(nbufs, sizeof(*r->leases));
-	if (!r->leases)
+	r->stack = malloc(nbufs * sizeof(*r->stack));
+	if (!r->leases || !r->stack)
 		goto err;
+	r->min_target = nbufs < RL_BUFRING_MIN_POSTED ? nbufs
+						       : RL_BUFRING_MIN_POSTED;
+	r->target = r->min_target;
 	io_uring_buf_ring_init(r->br);
-	for (uint32_t bid = 0; bid < nbufs; bid++)
+	for (uint32_t bid = 0; bid < r->target; bid++)
 		io_uring_buf_ring_add(r->br, rl_bufring_addr(r, bid), size, bid,
 				      io_uring_buf_ring_mask(nbufs), bid);
-	io_uring_buf_ring_advance(r->br, nbufs);
+	io_uring_buf_ring_advance(r->br, r->target);
+	r->posted = r->target;
+	/* The rest wait, lowest id on top. */
+	for (uint32_t bid = nbufs; bid > r->target; bid--)
+		r->stack[r->nstack++] = (uint16_t)(bid - 1);
 	return 0;
 err:
 	rl_bufring_free(r, NULL);
@@ -70,6 +78,7 @@ void rl_bufring_free(struct rl_bufring *r, struct io_uring *ring)
 	if (r->mem)
 		munmap(r->mem, (size_t)r->nbufs * r->size);
 	free(r->leases);
+	free(r->stack);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -79,6 +88,8 @@ int rl_bufring_take(struct rl_bufring *r, uint32_t bid)
 		return -EINVAL;
 	r->leases[bid] = 1;
 	r->leased++;
+	r->posted--;
+	r->taken++;
 	return 0;
 }
 
@@ -90,28 +101,70 @@ int rl_bufring_ref(struct rl_bufring *r, uint32_t bid)
 	return 0;
 }
 
+static void stage(struct rl_bufring *r, uint32_t bid)
+{
+	/* Written past the tail the kernel sees; invisible until publish. */
+	io_uring_buf_ring_add(r->br, rl_bufring_addr(r, bid), r->size, bid,
+			      io_uring_buf_ring_mask(r->nbufs), r->staged);
+	r->staged++;
+}
+
 int rl_bufring_unref(struct rl_bufring *r, uint32_t bid)
 {
 	if (bid >= r->nbufs || r->leases[bid] == 0)
 		return -EINVAL;
 	if (--r->leases[bid])
 		return 0;
-	/* Written past the tail the kernel sees; invisible until publish. */
-	io_uring_buf_ring_add(r->br, rl_bufring_addr(r, bid), r->size, bid,
-			      io_uring_buf_ring_mask(r->nbufs), r->staged);
-	r->staged++;
 	r->leased--;
+	/* Just used, so the hottest id there is: straight to the ring if it
+	 * is below target, else on top of the stack. */
+	if (r->posted + r->staged < r->target)
+		stage(r, bid);
+	else
+		r->stack[r->nstack++] = (uint16_t)bid;
 	return 1;
+}
+
+static void adapt_target(struct rl_bufring *r)
+{
+	if (r->taken > r->peak)
+		r->peak = r->taken;
+	r->taken = 0;
+	if (++r->window < RL_BUFRING_WINDOW)
+		return;
+	/* A long stretch that never needed a quarter of the target. */
+	if (r->peak * 4 < r->target && r->target > r->min_target) {
+		r->target /= 2;
+		if (r->target < r->min_target)
+			r->target = r->min_target;
+	}
+	r->peak = 0;
+	r->window = 0;
 }
 
 uint32_t rl_bufring_publish(struct rl_bufring *r)
 {
-	uint32_t n = r->staged;
+	uint32_t n;
 
-	/* io_uring_buf_ring_advance is a release store of the tail: the entries
-	 * written by rl_bufring_unref are visible before the kernel sees it. */
+	adapt_target(r);
+	while (r->nstack && r->posted + r->staged < r->target)
+		stage(r, r->stack[--r->nstack]);
+	n = r->staged;
+	/* io_uring_buf_ring_advance is a release store of the tail: the
+	 * entries written by stage() are visible before the kernel sees it. */
 	if (n)
 		io_uring_buf_ring_advance(r->br, n);
+	r->posted += n;
 	r->staged = 0;
 	return n;
+}
+
+int rl_bufring_starved(struct rl_bufring *r)
+{
+	if (!r->nstack || r->target == r->nbufs)
+		return 0;
+	r->target = r->target * 2 > r->nbufs ? r->nbufs : r->target * 2;
+	r->window = 0;
+	r->peak = 0;
+	return 1;
 }

@@ -21,6 +21,14 @@ struct rl_bufring {
 	uint32_t size;
 	uint32_t staged;               /* ids added since the last publish */
 	uint32_t leased;               /* ids out of the ring */
+	uint16_t *stack;               /* free ids not posted, hottest on top */
+	uint32_t nstack;
+	uint32_t posted;               /* ids the kernel can pick (published) */
+	uint32_t target;               /* ids to keep posted */
+	uint32_t min_target;
+	uint32_t taken;                /* ids picked since the last publish */
+	uint32_t peak;                 /* most picked between two publishes */
+	uint32_t window;               /* publishes since the target last moved */
 	int bgid;
 	int registered;
 };
@@ -51,8 +59,15 @@ int rl_bufring_take(struct rl_bufring *r, uint32_t bid);
 int rl_bufring_ref(struct rl_bufring *r, uint32_t bid);
 /* A holder is done; the last one stages bid for the ring. */
 int rl_bufring_unref(struct rl_bufring *r, uint32_t bid);
-/* Make staged ids visible to the kernel: one tail store.  Returns how many. */
+/* Top the ring up to its target and make staged ids visible to the kernel:
+ * one tail store.  Returns how many ids were published. */
 uint32_t rl_bufring_publish(struct rl_bufring *r);
+/* A receive found the ring empty: keep more ids posted if any were idle.
+ * Returns 1 if the target grew. */
+int rl_bufring_starved(struct rl_bufring *r);
+
+#define RL_BUFRING_MIN_POSTED 64
+#define RL_BUFRING_WINDOW 256   /* publishes between shrink decisions */
 
 static inline uint32_t rl_bufring_available(const struct rl_bufring *r)
 {

@@ -443,7 +443,9 @@ static NOINLINE void recv_ended(struct rl_worker *w, struct rl_conn *c,
 		c->rd_eof = 1;
 	} else if (res == -ENOBUFS) {
 		/* The ring is empty.  The bytes wait in the socket; the recv
-		 * is re-armed when buffers come back. */
+		 * is re-armed when buffers come back (at once if ids were
+		 * only waiting off the ring). */
+		rl_bufring_starved(&w->br);
 		if (want_recv(c) && !c->parked &&
 		    vec_push64(&w->parked, (uint64_t)c->gen << 32 | idx) == 0) {
 			c->parked = 1;

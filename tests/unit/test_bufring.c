@@ -75,7 +75,13 @@ static void test_init_accepts_powers_of_two(void **state)
 		assert_int_equal(rl_bufring_init(&r, good[i], 512), 0);
 		assert_int_equal(r.nbufs, good[i]);
 		assert_int_equal(rl_bufring_available(&r), good[i]);
-		assert_int_equal(tail_of(&r), (uint16_t)good[i]);
+		/* Only up to RL_BUFRING_MIN_POSTED start in the kernel's ring;
+		 * the rest wait on the stack. */
+		uint32_t posted = good[i] < RL_BUFRING_MIN_POSTED ?
+				  good[i] : RL_BUFRING_MIN_POSTED;
+		assert_int_equal(tail_of(&r), (uint16_t)posted);
+		assert_int_equal(r.posted, posted);
+		assert_int_equal(r.nstack, good[i] - posted);
 		rl_bufring_free(&r, NULL);
 		assert_null(r.br);
 	}
@@ -357,6 +363,115 @@ static void test_bid_of(void **state)
 	rl_bufring_free(&r, NULL);
 }
 
+/* A large ring keeps only its target posted; a released id goes back to the
+ * ring before colder ids waiting on the stack. */
+static void test_hot_ids_reused_first(void **state)
+{
+	struct rl_bufring r;
+	uint16_t tail;
+
+	(void)state;
+	assert_int_equal(rl_bufring_init(&r, 256, 64), 0);
+	assert_int_equal(r.target, RL_BUFRING_MIN_POSTED);
+	assert_int_equal(r.posted, 64);
+	assert_int_equal(r.nstack, 192);
+	/* The kernel hands out ids 0..63 in ring order. */
+	for (uint32_t bid = 0; bid < 64; bid++)
+		assert_int_equal(rl_bufring_take(&r, bid), 0);
+	assert_int_equal(r.posted, 0);
+	assert_int_equal(rl_bufring_available(&r), 192);
+	tail = tail_of(&r);
+	/* Release 5 then 9: both below target, staged at once, in order. */
+	assert_int_equal(rl_bufring_unref(&r, 5), 1);
+	assert_int_equal(rl_bufring_unref(&r, 9), 1);
+	assert_int_equal(r.staged, 2);
+	assert_entry(&r, tail, 5);
+	assert_entry(&r, tail + 1, 9);
+	/* Publish tops up to the target from the stack: 62 more ids. */
+	assert_int_equal(rl_bufring_publish(&r), 64);
+	assert_int_equal(r.posted, 64);
+	assert_int_equal(r.nstack, 130);
+	assert_int_equal(tail_of(&r), (uint16_t)(tail + 64));
+	/* The stack gives lowest waiting id first (64, 65, ...). */
+	assert_entry(&r, tail + 2, 64);
+	assert_entry(&r, tail + 3, 65);
+	/* At target, a release waits on top of the stack. */
+	assert_int_equal(rl_bufring_unref(&r, 7), 1);
+	assert_int_equal(r.staged, 0);
+	assert_int_equal(r.nstack, 131);
+	assert_int_equal(r.stack[r.nstack - 1], 7);
+	rl_bufring_free(&r, NULL);
+}
+
+static void test_target_grows_when_starved(void **state)
+{
+	struct rl_bufring r;
+
+	(void)state;
+	assert_int_equal(rl_bufring_init(&r, 256, 64), 0);
+	assert_int_equal(rl_bufring_starved(&r), 1);
+	assert_int_equal(r.target, 128);
+	assert_int_equal(rl_bufring_publish(&r), 64);
+	assert_int_equal(r.posted, 128);
+	assert_int_equal(rl_bufring_starved(&r), 1);
+	assert_int_equal(r.target, 256);
+	/* Everything posted: nothing idle to add. */
+	assert_int_equal(rl_bufring_publish(&r), 128);
+	assert_int_equal(r.nstack, 0);
+	assert_int_equal(rl_bufring_starved(&r), 0);
+	assert_int_equal(r.target, 256);
+	/* A small ring never grows: all of it is posted from the start. */
+	rl_bufring_free(&r, NULL);
+	assert_int_equal(rl_bufring_init(&r, 8, 64), 0);
+	assert_int_equal(rl_bufring_starved(&r), 0);
+	assert_int_equal(r.target, 8);
+	rl_bufring_free(&r, NULL);
+}
+
+/* What the kernel does: pick the id at the ring's head. */
+static uint32_t kernel_pick(struct rl_bufring *r, uint16_t *head)
+{
+	uint32_t bid = entry_at(r, *head)->bid;
+
+	(*head)++;
+	assert_int_equal(rl_bufring_take(r, bid), 0);
+	return bid;
+}
+
+static void test_target_shrinks_when_idle(void **state)
+{
+	struct rl_bufring r;
+	uint16_t head = 0;
+
+	(void)state;
+	assert_int_equal(rl_bufring_init(&r, 1024, 64), 0);
+	rl_bufring_starved(&r);
+	rl_bufring_starved(&r);
+	assert_int_equal(r.target, 256);
+	rl_bufring_publish(&r);
+	assert_int_equal(r.posted, 256);
+	/* A window of publishes each taking only 10 ids (under a quarter of
+	 * the target), then some more so the ring drains to the new target:
+	 * ids already posted stay until the kernel uses them. */
+	for (int round = 0; round < RL_BUFRING_WINDOW + 20; round++) {
+		uint32_t bids[10];
+
+		for (int i = 0; i < 10; i++)
+			bids[i] = kernel_pick(&r, &head);
+		for (int i = 0; i < 10; i++)
+			assert_int_equal(rl_bufring_unref(&r, bids[i]), 1);
+		rl_bufring_publish(&r);
+		assert_int_equal(r.posted + r.nstack + r.leased, 1024);
+		/* The publish before the loop opened the window. */
+		if (round < RL_BUFRING_WINDOW - 2)
+			assert_int_equal(r.target, 256);
+	}
+	assert_int_equal(r.target, 128);
+	assert_int_equal(r.posted, 128);
+	assert_int_equal(r.nstack, 1024 - 128);
+	rl_bufring_free(&r, NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -370,6 +485,9 @@ int main(void)
 		cmocka_unit_test(test_wraparound_full_cycles),
 		cmocka_unit_test(test_exhaustion),
 		cmocka_unit_test(test_bid_of),
+		cmocka_unit_test(test_hot_ids_reused_first),
+		cmocka_unit_test(test_target_grows_when_starved),
+		cmocka_unit_test(test_target_shrinks_when_idle),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
