@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <stdatomic.h>
@@ -131,7 +132,28 @@ static int resolve_listen(struct rl_shared *sh, const struct rl_config *cfg,
 		}
 	}
 	sh->naddrs = n;
+	for (int i = 0; i < n; i++) {
+		sh->unix_fds[i] = -1;
+		if (!sh->addrs[i].is_unix)
+			continue;
+		sh->unix_fds[i] = rl_listen_open(&sh->addrs[i], err, sizeof(err));
+		if (sh->unix_fds[i] < 0) {
+			fprintf(stderr, "ringline: %s\n", err);
+			return -1;
+		}
+	}
 	return 0;
+}
+
+/* Unix listeners were bound by main: close them and remove their files. */
+static void close_unix_listeners(struct rl_shared *sh)
+{
+	for (int i = 0; i < sh->naddrs; i++) {
+		if (sh->unix_fds[i] < 0)
+			continue;
+		close(sh->unix_fds[i]);
+		unlink(((struct sockaddr_un *)&sh->addrs[i].sa)->sun_path);
+	}
 }
 
 static int wait_for_setup(struct rl_worker *ws, int n)
@@ -346,6 +368,7 @@ int main(int argc, char **argv)
 			status = ws[i].setup_status;
 	}
 	free(ws);
+	close_unix_listeners(&sh);
 	rl_watch_close(&watch);
 	if (!status)
 		rl_info(-1, "stopped");

@@ -22,6 +22,9 @@ enum rl_event_type {
 	RL_EV_DATA = 2,   /* bytes arrived; call rl_rx_begin before looking */
 	RL_EV_CLOSE = 3,  /* the connection is gone; res is the reason */
 	RL_EV_RELOAD = 4, /* the operator asked for a reload (SIGHUP) */
+	RL_EV_CONNECT = 5,/* an outbound connection is established */
+	RL_EV_EOF = 6,    /* the peer finished sending (eof events only) */
+	RL_EV_DRAIN = 7,  /* unsent bytes fell to the low-water mark again */
 };
 
 typedef struct rl_event {
@@ -100,6 +103,26 @@ int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
  * reason is an RL_CLOSE_* value reported in the CLOSE event. */
 int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 		  int abort);
+
+/* Start an outbound connection to addr ("tcp://host:port", "unix:/path";
+ * host names are resolved here, blocking).  Returns the slot and sets *gen,
+ * or -errno.  Success arrives as a CONNECT event; failure or timeout as a
+ * CLOSE event with the error.  Sends may be queued before it connects. */
+int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
+		    uint32_t *gen);
+
+/* Half-close: shut down our sending side once queued sends are out; reading
+ * goes on. */
+int rl_conn_shutdown(rl_worker *w, uint32_t conn, uint32_t gen);
+
+/* Stop (1) or resume (0) reading from a connection, e.g. while the
+ * connection its bytes are forwarded to is backed up. */
+int rl_conn_pause(rl_worker *w, uint32_t conn, uint32_t gen, int pause);
+
+/* With eof events on, the peer's EOF is reported as an EOF event and the
+ * connection stays open for sending until the handler closes or shuts it
+ * down; off (the default), EOF closes once every answer is sent. */
+int rl_conn_set_eof_event(rl_worker *w, uint32_t conn, uint32_t gen, int on);
 
 /* Unsent bytes queued on a connection. */
 size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen);

@@ -22,6 +22,7 @@
 
 enum rl_conn_state {
 	RL_CONN_FREE = 0,
+	RL_CONN_CONNECTING,/* outbound connect in the kernel */
 	RL_CONN_OPEN,      /* serving */
 	RL_CONN_CLOSING,   /* no more reads; waiting for operations to end */
 	RL_CONN_DEAD,      /* fd closed; slot freed once CLOSE reaches Lua */
@@ -41,9 +42,15 @@ struct rl_conn {
 	uint8_t slow;           /* last send was short: copy, don't lease */
 	uint8_t queued;         /* on the worker's work list */
 	uint8_t shut;           /* shutdown(2) already called */
+	uint8_t user_paused;    /* the handler paused reading */
+	uint8_t eof_event;      /* report EOF, don't close on it */
+	uint8_t wr_shut_req;    /* shut down writing once sends are out */
+	uint8_t wr_shut;        /* ... done */
+	uint8_t drain_notify;   /* went over high water: report the drain */
 	int32_t rx_bid;         /* buffer of the arrival being offered */
 	int close_reason;
 	uint32_t inflight_bytes;
+	void *connect_arg;      /* address and timeout, until connect ends */
 	struct rl_rxbuf rx;
 	struct rl_sendq sq;
 };

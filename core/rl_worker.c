@@ -18,6 +18,7 @@
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -47,6 +48,8 @@ enum rl_op {
 	OP_SEND,
 	OP_CANCEL,
 	OP_WAKE,
+	OP_CONNECT,
+	OP_LINK_TIMEOUT,
 };
 
 static inline uint64_t ud_make(enum rl_op op, uint32_t gen, uint32_t idx)
@@ -209,7 +212,7 @@ static void submit_send(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 static inline int want_recv(const struct rl_conn *c)
 {
 	return c->state == RL_CONN_OPEN && !c->rd_eof && !c->recv_paused &&
-	       !c->close_req && !c->aborting;
+	       !c->user_paused && !c->close_req && !c->aborting;
 }
 
 static void conn_shutdown(struct rl_conn *c)
@@ -226,6 +229,8 @@ static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
 	close(c->fd);
 	c->fd = -1;
+	free(c->connect_arg);
+	c->connect_arg = NULL;
 	rl_rxbuf_free(&c->rx);
 	rl_sendq_clear(&c->sq, &w->pool, &w->br);
 	c->state = RL_CONN_DEAD;
@@ -246,12 +251,16 @@ static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		/* The peer does not read what we send: stop reading what it
 		 * sends until our queue drains. */
 		c->recv_paused = 1;
+		c->drain_notify = 1;
 		w->stats.paused++;
 		if (c->recv_armed)
 			cancel_recv(w, c, idx);
 	} else if (c->recv_paused && c->sq.bytes <= w->cfg->low_water) {
 		c->recv_paused = 0;
 	}
+	/* Paused by its handler (a proxy whose other side is backed up). */
+	if (c->user_paused && c->recv_armed)
+		cancel_recv(w, c, idx);
 }
 
 static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
@@ -261,12 +270,22 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		conn_shutdown(c);
 		if (!c->send_inflight)
 			rl_sendq_clear(&c->sq, &w->pool, &w->br);
+	} else if (c->state == RL_CONN_CONNECTING) {
+		return;         /* sends wait for the connection */
 	} else {
 		if (c->sq.bytes && !c->send_inflight)
 			submit_send(w, c, idx);
 		backpressure(w, c, idx);
-		/* A close is acted on only once every answer is out. */
-		if (c->state == RL_CONN_OPEN && (c->rd_eof || c->close_req) &&
+		if (c->wr_shut_req && !c->wr_shut && !c->sq.bytes &&
+		    !c->send_inflight) {
+			shutdown(c->fd, SHUT_WR);
+			c->wr_shut = 1;
+		}
+		/* A close is acted on only once every answer is out.  With eof
+		 * events the handler decides, unless both sides are done. */
+		if (c->state == RL_CONN_OPEN &&
+		    ((c->rd_eof && (!c->eof_event || c->wr_shut)) ||
+		     c->close_req) &&
 		    !c->sq.bytes && !c->send_inflight) {
 			c->state = RL_CONN_CLOSING;
 			conn_shutdown(c);
@@ -355,7 +374,7 @@ static NOINLINE void begin_stop(struct rl_worker *w)
 	for (uint32_t i = 0; i < w->conns.top; i++) {
 		struct rl_conn *c = rl_conntab_at(&w->conns, i);
 
-		if (c->state != RL_CONN_OPEN)
+		if (c->state != RL_CONN_OPEN && c->state != RL_CONN_CONNECTING)
 			continue;
 		c->close_req = 1;
 		if (!c->close_reason)
@@ -381,6 +400,18 @@ static NOINLINE void abort_all(struct rl_worker *w)
 }
 
 /* -- Completions ---------------------------------------------------------- */
+
+static inline void fill_event(rl_event *ev, uint32_t type, uint32_t idx,
+			      uint32_t gen, int32_t res)
+{
+	ev->type = type;
+	ev->conn = idx;
+	ev->gen = gen;
+	ev->bid = -1;
+	ev->ptr = NULL;
+	ev->len = 0;
+	ev->res = res;
+}
 
 static NOINLINE int on_accept(struct rl_worker *w, struct io_uring_cqe *cqe,
 			      rl_event *ev)
@@ -418,13 +449,7 @@ static NOINLINE int on_accept(struct rl_worker *w, struct io_uring_cqe *cqe,
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	w->stats.accepted++;
 	arm_recv(w, c, idx);
-	ev->type = RL_EV_OPEN;
-	ev->conn = idx;
-	ev->gen = c->gen;
-	ev->bid = -1;
-	ev->ptr = NULL;
-	ev->len = 0;
-	ev->res = 0;
+	fill_event(ev, RL_EV_OPEN, idx, c->gen, 0);
 	return 1;
 reject:
 	/* Over the limit: closed at once, existing connections unaffected. */
@@ -436,11 +461,18 @@ reject:
 	return 0;
 }
 
-static NOINLINE void recv_ended(struct rl_worker *w, struct rl_conn *c,
-				uint32_t idx, int res)
+static NOINLINE int recv_ended(struct rl_worker *w, struct rl_conn *c,
+			       uint32_t idx, int res, rl_event *ev)
 {
+	int nev = 0;
+
 	if (res == 0) {
 		c->rd_eof = 1;
+		if (c->eof_event && c->state == RL_CONN_OPEN && !c->close_req &&
+		    !c->aborting) {
+			fill_event(ev, RL_EV_EOF, idx, c->gen, 0);
+			nev = 1;
+		}
 	} else if (res == -ENOBUFS) {
 		/* The ring is empty.  The bytes wait in the socket; the recv
 		 * is re-armed when buffers come back (at once if ids were
@@ -457,6 +489,7 @@ static NOINLINE void recv_ended(struct rl_worker *w, struct rl_conn *c,
 		c->aborting = 1;
 	}
 	queue_work(w, c, idx);
+	return nev;
 }
 
 static inline int on_recv(struct rl_worker *w, struct io_uring_cqe *cqe,
@@ -500,11 +533,12 @@ static inline int on_recv(struct rl_worker *w, struct io_uring_cqe *cqe,
 	if (bid >= 0)
 		rl_bufring_unref(&w->br, (uint32_t)bid);
 	if (c && res <= 0)
-		recv_ended(w, c, idx, res);
+		return recv_ended(w, c, idx, res, ev);
 	return 0;
 }
 
-static void on_send(struct rl_worker *w, struct io_uring_cqe *cqe)
+static int on_send(struct rl_worker *w, struct io_uring_cqe *cqe,
+		   rl_event *ev)
 {
 	uint32_t idx = ud_idx(cqe->user_data);
 	struct rl_conn *c = rl_conntab_get(&w->conns, idx,
@@ -513,7 +547,7 @@ static void on_send(struct rl_worker *w, struct io_uring_cqe *cqe)
 
 	/* A slot is never freed with a send in flight, so c is live. */
 	if (unlikely(!c))
-		return;
+		return 0;
 	c->send_inflight = 0;
 	if (likely(res > 0)) {
 		rl_sendq_advance(&c->sq, &w->pool, &w->br, (size_t)res);
@@ -529,6 +563,43 @@ static void on_send(struct rl_worker *w, struct io_uring_cqe *cqe)
 		c->aborting = 1;
 	}
 	queue_work(w, c, idx);
+	/* It was backed up; whoever paused because of it may go on. */
+	if (unlikely(c->drain_notify) && c->sq.bytes <= w->cfg->low_water &&
+	    c->state == RL_CONN_OPEN && !c->aborting) {
+		c->drain_notify = 0;
+		fill_event(ev, RL_EV_DRAIN, idx, c->gen, 0);
+		return 1;
+	}
+	return 0;
+}
+
+static NOINLINE int on_connect(struct rl_worker *w, struct io_uring_cqe *cqe,
+			       rl_event *ev)
+{
+	uint32_t idx = ud_idx(cqe->user_data);
+	struct rl_conn *c = rl_conntab_get(&w->conns, idx,
+					   ud_gen(cqe->user_data));
+	int res = cqe->res, one = 1;
+
+	if (!c || c->state != RL_CONN_CONNECTING)
+		return 0;
+	free(c->connect_arg);
+	c->connect_arg = NULL;
+	if (res < 0 || c->aborting || w->stopping) {
+		/* The linked timeout cancels the connect: report it as such. */
+		if (!c->close_reason)
+			c->close_reason = res == -ECANCELED ? -ETIMEDOUT :
+					  res < 0 ? res : -ECONNABORTED;
+		c->aborting = 1;
+		c->state = RL_CONN_CLOSING;
+		queue_work(w, c, idx);
+		return 0;
+	}
+	c->state = RL_CONN_OPEN;
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	queue_work(w, c, idx);  /* sends queued while connecting, recv */
+	fill_event(ev, RL_EV_CONNECT, idx, c->gen, 0);
+	return 1;
 }
 
 static NOINLINE void on_wake(struct rl_worker *w, struct io_uring_cqe *cqe)
@@ -547,8 +618,9 @@ static inline int on_cqe(struct rl_worker *w, struct io_uring_cqe *cqe,
 	case OP_RECV:
 		return on_recv(w, cqe, ev);
 	case OP_SEND:
-		on_send(w, cqe);
-		return 0;
+		return on_send(w, cqe, ev);
+	case OP_CONNECT:
+		return on_connect(w, cqe, ev);
 	case OP_ACCEPT:
 		return on_accept(w, cqe, ev);
 	case OP_WAKE:
@@ -766,8 +838,9 @@ int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
 	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
 	int ret;
 
-	if (unlikely(!c || c->state != RL_CONN_OPEN || c->close_req ||
-		     c->aborting))
+	if (unlikely(!c || (c->state != RL_CONN_OPEN &&
+			    c->state != RL_CONN_CONNECTING) ||
+		     c->close_req || c->aborting || c->wr_shut_req))
 		return -EPIPE;
 	if (unlikely(!len))
 		return 0;
@@ -792,7 +865,7 @@ int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 {
 	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
 
-	if (!c || (c->state != RL_CONN_OPEN && c->state != RL_CONN_CLOSING))
+	if (!c || c->state == RL_CONN_DEAD)
 		return -ENOTCONN;
 	if (!c->close_reason)
 		c->close_reason = reason;
@@ -801,6 +874,93 @@ int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 	else
 		c->close_req = 1;
 	queue_work(w, c, conn);
+	return 0;
+}
+
+struct connect_arg {
+	struct sockaddr_storage sa;
+	struct __kernel_timespec ts;
+};
+
+int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
+		    uint32_t *gen)
+{
+	struct connect_arg *arg;
+	struct io_uring_sqe *sqe;
+	struct rl_addr a;
+	struct rl_conn *c;
+	char err[256];
+	uint32_t idx;
+	int fd;
+
+	if (rl_addr_parse(addr, &a, err, sizeof(err)))
+		return -EINVAL;
+	if (atomic_fetch_add(&w->shared->live_conns, 1) >= w->cfg->max_conns) {
+		atomic_fetch_sub(&w->shared->live_conns, 1);
+		return -EMFILE;
+	}
+	fd = socket(a.sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	arg = calloc(1, sizeof(*arg));
+	c = fd >= 0 && arg ? rl_conntab_alloc(&w->conns, &idx) : NULL;
+	if (!c) {
+		int ret = fd < 0 ? -errno : -ENOMEM;
+
+		if (fd >= 0)
+			close(fd);
+		free(arg);
+		atomic_fetch_sub(&w->shared->live_conns, 1);
+		return ret;
+	}
+	c->fd = fd;
+	c->state = RL_CONN_CONNECTING;
+	/* The kernel reads the address when the SQE is submitted, which is at
+	 * the next poll: it lives with the connection until then. */
+	memcpy(&arg->sa, &a.sa, a.len);
+	arg->ts.tv_sec = timeout_ms / 1000;
+	arg->ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+	c->connect_arg = arg;
+	sqe = get_sqe(w);
+	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&arg->sa, a.len);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CONNECT, c->gen, idx));
+	if (timeout_ms) {
+		sqe->flags |= IOSQE_IO_LINK;
+		sqe = get_sqe(w);
+		io_uring_prep_link_timeout(sqe, &arg->ts, 0);
+		io_uring_sqe_set_data64(sqe, ud_make(OP_LINK_TIMEOUT, 0, 0));
+	}
+	*gen = c->gen;
+	return (int)idx;
+}
+
+int rl_conn_shutdown(rl_worker *w, uint32_t conn, uint32_t gen)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	if (!c || c->state == RL_CONN_DEAD)
+		return -ENOTCONN;
+	c->wr_shut_req = 1;
+	queue_work(w, c, conn);
+	return 0;
+}
+
+int rl_conn_pause(rl_worker *w, uint32_t conn, uint32_t gen, int pause)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	if (!c || c->state == RL_CONN_DEAD)
+		return -ENOTCONN;
+	c->user_paused = pause != 0;
+	queue_work(w, c, conn);
+	return 0;
+}
+
+int rl_conn_set_eof_event(rl_worker *w, uint32_t conn, uint32_t gen, int on)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	if (!c || c->state == RL_CONN_DEAD)
+		return -ENOTCONN;
+	c->eof_event = on != 0;
 	return 0;
 }
 
@@ -919,7 +1079,16 @@ int rl_worker_setup(struct rl_worker *w)
 	for (int i = 0; i < w->shared->naddrs; i++) {
 		const struct rl_addr *a = &w->shared->addrs[i];
 
-		ret = rl_listen_open(a, err, sizeof(err));
+		if (a->is_unix) {
+			ret = fcntl(w->shared->unix_fds[i], F_DUPFD_CLOEXEC, 0);
+			if (ret < 0) {
+				ret = -errno;
+				snprintf(err, sizeof(err), "dup of '%s': %s",
+					 a->text, strerror(errno));
+			}
+		} else {
+			ret = rl_listen_open(a, err, sizeof(err));
+		}
 		if (ret < 0) {
 			snprintf(w->setup_err, sizeof(w->setup_err), "%s", err);
 			return ret;
@@ -951,6 +1120,7 @@ void rl_worker_teardown(struct rl_worker *w)
 			continue;
 		if (c->fd >= 0)
 			close(c->fd);
+		free(c->connect_arg);
 		rl_rxbuf_free(&c->rx);
 		rl_sendq_clear(&c->sq, &w->pool, &w->br);
 	}

@@ -28,6 +28,9 @@ struct rl_shared {
 	int nworkers;
 	struct rl_addr addrs[RL_MAX_LISTEN];
 	int naddrs;
+	/* Unix sockets cannot be spread by SO_REUSEPORT: main binds each one
+	 * once and every worker accepts on a dup of it. */
+	int unix_fds[RL_MAX_LISTEN];
 	struct rl_reload reload;
 };
 

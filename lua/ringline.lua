@@ -51,6 +51,9 @@ end
 
 M.slice = require "ringline.slice"
 
+-- ringline.connect(addr, handlers[, {timeout = ms}]) -> conn | nil, err
+M.connect = function(...) return require("ringline.conn").connect(...) end
+
 local timer = require "ringline.timer"
 -- Timers: ringline.after(ms, fn), ringline.every(ms, fn); t:cancel().
 M.after, M.every, M.now_ms = timer.after, timer.every, timer.now_ms

@@ -96,6 +96,27 @@ function methods.set_timeout(c, ms)
   end
 end
 
+-- Half-close: no more sending once what is queued is out; reading goes on.
+function methods.shutdown(c)
+  if c.closed then return nil, "closed" end
+  C.rl_conn_shutdown(W, c._idx, c._gen)
+  return true
+end
+
+-- Stop reading from the connection (its bytes wait in the kernel), e.g.
+-- while the connection they are forwarded to is backed up; resume later.
+function methods.pause(c)
+  if c.closed then return nil, "closed" end
+  C.rl_conn_pause(W, c._idx, c._gen, 1)
+  return true
+end
+
+function methods.resume(c)
+  if c.closed then return nil, "closed" end
+  C.rl_conn_pause(W, c._idx, c._gen, 0)
+  return true
+end
+
 -- Bytes queued and not yet sent.
 function methods.unsent(c)
   if c.closed then return 0 end
@@ -117,18 +138,52 @@ local mt = {
   __tostring = function(c) return "conn " .. c.id end,
 }
 
+-- Live connections of this worker by slot: the loop dispatches through it.
+M.live = {}
+
 function M.bind(w)
   W = w
   id_base = C.rl_worker_id(w) * 2 ^ 44
 end
 
 -- conn.id is unique in the process while the connection lives: worker,
--- slot generation and slot.
-function M.new(idx, gen)
-  return setmetatable({
-    _idx = idx, _gen = gen, id = id_base + gen * 1048576 + idx,
+-- slot generation and slot.  h: handlers of an outbound connection (nil for
+-- accepted ones, which follow the service's current handlers).
+function M.new(idx, gen, h)
+  local c = setmetatable({
+    _idx = idx, _gen = gen, id = id_base + gen * 1048576 + idx, _h = h,
     state = {}, closed = false, _idle_ms = 0, _last = 0,
   }, mt)
+  M.live[idx] = c
+  return c
+end
+
+local CONNECT_HANDLERS = { "on_open", "on_data", "on_close", "on_eof", "on_drain" }
+
+-- An outbound connection: handlers get on_open(conn) once connected,
+-- on_data/on_close/on_eof/on_drain as for accepted connections; a failed
+-- or timed-out connect calls on_close(conn, reason) without on_open.
+-- Returns the conn at once (sends may be queued), or nil and an error.
+function M.connect(addr, h, opts)
+  if type(addr) ~= "string" then error("connect: address must be a string", 2) end
+  if type(h) ~= "table" then error("connect: handlers must be a table", 2) end
+  for _, name in ipairs(CONNECT_HANDLERS) do
+    if h[name] ~= nil and type(h[name]) ~= "function" then
+      error("connect: " .. name .. " must be a function", 2)
+    end
+  end
+  if not W then error("connect: no worker yet (call it from init or a handler)", 2) end
+  local timeout = opts and opts.timeout or 5000
+  local gen = ffi.new("uint32_t[1]")
+  local idx = C.rl_conn_connect(W, addr, timeout, gen)
+  if idx < 0 then
+    return nil, idx == -22 and "invalid address " .. addr
+      or ffi.string(C.rl_close_reason_text(idx))
+  end
+  local c = M.new(idx, gen[0], h)
+  c.outbound = true
+  if h.on_eof then C.rl_conn_set_eof_event(W, idx, gen[0], 1) end
+  return c
 end
 
 M.methods = methods

@@ -18,6 +18,7 @@ local new_slice, release = slice.new, slice.release
 
 local EV_OPEN, EV_DATA, EV_CLOSE, EV_RELOAD =
   C.RL_EV_OPEN, C.RL_EV_DATA, C.RL_EV_CLOSE, C.RL_EV_RELOAD
+local EV_CONNECT, EV_EOF, EV_DRAIN = C.RL_EV_CONNECT, C.RL_EV_EOF, C.RL_EV_DRAIN
 local MAX_EVENTS = 256
 
 local M = {}
@@ -118,8 +119,17 @@ end
 
 local function run(w, svc, script)
   local evs = ffi.new("rl_event[?]", MAX_EVENTS)
-  local conns = {}
+  local conns = connmod.live
   local on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
+  local on_eof, on_drain = svc.on_eof, svc.on_drain
+
+  local run_due, now_ms = timer.run_due, timer.now_ms
+  local i, n = 0, 0
+  local cur
+  local now = now_ms()
+  local wake_at = 0
+  local version = 1
+  timer.set_owner(version)
 
   -- Every worker loads the new version, then all vote; the handlers switch
   -- only if every worker succeeded.  Connections, their state tables,
@@ -139,17 +149,11 @@ local function run(w, svc, script)
     version = version + 1
     svc = new
     on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
+    on_eof, on_drain = svc.on_eof, svc.on_drain
     C.rl_worker_set_max_unconsumed(w, svc.max_unconsumed or 0)
     note_script_modules()
   end
   local new_conn = connmod.new
-  local run_due, now_ms = timer.run_due, timer.now_ms
-  local i, n = 0, 0
-  local cur
-  local now = now_ms()
-  local wake_at = 0
-  local version = 1
-  timer.set_owner(version)
 
   -- Poll and dispatch in one loop, so the whole thing compiles into one
   -- trace (with side traces per event type) instead of returning to the
@@ -176,8 +180,10 @@ local function run(w, svc, script)
           if c and C.rl_rx_begin(w, e) == 0 then
             cur = c
             c._last = now
+            local h = c._h
+            local f = h and h.on_data or on_data
             repeat
-              local k = on_data(c, new_slice(e.ptr, e.len, e.bid))
+              local k = f(c, new_slice(e.ptr, e.len, e.bid))
               release()
               if k == nil then
                 k = e.len
@@ -188,7 +194,7 @@ local function run(w, svc, script)
           end
         elseif t == EV_OPEN then
           local c = new_conn(e.conn, e.gen)
-          conns[e.conn] = c
+          if on_eof then C.rl_conn_set_eof_event(w, e.conn, e.gen, 1) end
           if on_open then
             cur = c
             on_open(c)
@@ -200,9 +206,30 @@ local function run(w, svc, script)
             conns[e.conn] = nil
             c.closed = true
             if c._idle_timer then c._idle_timer:cancel() end
-            if on_close then
+            local h = c._h
+            local f = h and h.on_close or (not h and on_close)
+            if f then
               cur = c
-              on_close(c, reason_text(e.res))
+              f(c, reason_text(e.res))
+            end
+          end
+        elseif t == EV_CONNECT then
+          local c = conns[e.conn]
+          if c and c._gen == e.gen and c._h.on_open then
+            cur = c
+            c._h.on_open(c)
+            release()
+          end
+        elseif t == EV_EOF or t == EV_DRAIN then
+          local c = conns[e.conn]
+          if c and c._gen == e.gen then
+            local h = c._h
+            local f
+            if t == EV_EOF then f = h and h.on_eof or (not h and on_eof)
+            else f = h and h.on_drain or (not h and on_drain) end
+            if f then
+              cur = c
+              f(c)
             end
           end
         elseif t == EV_RELOAD then
@@ -234,6 +261,7 @@ function M.prepare(wptr, script)
   connmod.bind(w)
   script_dir = script:match("^(.*)/[^/]*$") or "."
   for name in pairs(package.loaded) do baseline[name] = true end
+  timer.set_owner(1)      -- version 1: its init() may start periodic timers
   local svc, err = load_version(script, nil)
   if not svc then error(err, 0) end
   note_script_modules()

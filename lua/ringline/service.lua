@@ -1,7 +1,8 @@
 -- ringline.service: load a service script and check the table it returns.
 local M = {}
 
-local HANDLERS = { "init", "on_open", "on_data", "on_close", "reload" }
+local HANDLERS = { "init", "on_open", "on_data", "on_close", "on_eof",
+  "on_drain", "reload" }
 
 local function fail(path, fmt, ...)
   error(("script %s: " .. fmt):format(path, ...), 0)

@@ -15,6 +15,7 @@ import re
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -337,7 +338,7 @@ class Server:
             fail(f"server died (exit code {self.proc.returncode}{_sig_name(self.proc.returncode)}): "
                  f"{self.stderr_tail()}")
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         self.proc.send_signal(sig)
 
     def wait(self, timeout):
@@ -355,11 +356,27 @@ class Server:
                 timeout = (self.drain_timeout_ms or 5000) / 1000.0 + 5.0 * self.ctx.factor
             self.proc.send_signal(sig)
             if self.wait(timeout) is None:
+                dump = self.thread_dump()
                 self.kill()
                 fail(f"server did not exit within {timeout:.1f}s of {signal.Signals(sig).name}; "
-                     f"killed: {self.stderr_tail()}")
+                     f"killed: {self.stderr_tail()}{dump}")
         self.returncode = self.proc.returncode
         return self.returncode
+
+    def thread_dump(self, limit=120):
+        """Backtraces of every server thread (gdb, if installed), for
+        failures where the server hangs."""
+        import shutil
+        if not self.alive() or not shutil.which("gdb"):
+            return ""
+        try:
+            p = subprocess.run(["gdb", "-p", str(self.pid), "-batch", "-nx",
+                                "-ex", "thread apply all bt 25"],
+                               capture_output=True, text=True, timeout=30)
+        except (subprocess.TimeoutExpired, OSError):
+            return ""
+        lines = [ln for ln in p.stdout.splitlines() if ln.startswith(("Thread", "#"))]
+        return "\nthread dump:\n      " + "\n      ".join(lines[:limit])
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
@@ -434,6 +451,8 @@ class StreamClient:
               'server_close' the server must close the connection (EOF or
                              reset); what arrived must be a prefix of
                              expected of at least expect_min bytes
+              'rst'          abort with a RST right after the last byte is
+                             sent (whatever arrived must be a prefix)
     shut_wr   shutdown(SHUT_WR) after the last byte is sent
     """
 
@@ -478,6 +497,7 @@ class StreamClient:
         self.received = 0
         self.mask = 0
         self.close_how = None
+        self.hold = False       # Engine barrier: no sending until all connected
 
     def pick_piece(self):
         lo, hi = self.piece
@@ -488,7 +508,7 @@ class StreamClient:
     def want_write(self):
         if self.connecting:
             return True
-        if self.sent_all or self.paused or self.finished:
+        if self.sent_all or self.paused or self.finished or self.hold:
             return False
         return self.received >= self.gates[self.send_i]
 
@@ -511,13 +531,13 @@ class StreamClient:
             got = mv[pos:pos + m]
             want = seg[self.exp_off:self.exp_off + m]
             if got != want:
-                return self._mismatch(bytes(got), bytes(want), self.received + pos)
+                return self._mismatch(bytes(got), bytes(want), self.received)
             pos += m
+            self.received += m
             self.exp_off += m
             if self.exp_off == len(seg):
                 self.exp_i += 1
                 self.exp_off = 0
-        self.received += n
         return None
 
     def _mismatch(self, got, want, base):
@@ -545,8 +565,20 @@ class StreamClient:
 
 
 class Engine:
-    def __init__(self, clients, timeout):
+    def __init__(self, clients, timeout, trigger=None, barrier=False):
         self.clients = clients
+        # barrier: no client sends until every client is connected, so all
+        # connections are really open at the same time.
+        self.barrier = barrier
+        self.unconnected = len(clients)
+        self.open = self.peak_open = 0
+        if barrier:
+            for c in clients:
+                c.hold = True
+        # trigger: (bytes, fn): call fn() once, when that many bytes have
+        # been received in all (to act on the server in mid-traffic).
+        self.trigger = trigger
+        self.total_received = 0
         self.timeout = timeout
         self.sel = selectors.DefaultSelector()
         self.timers = []
@@ -635,6 +667,9 @@ class Engine:
         if err:
             return self._finish(c, f"connect failed: {os.strerror(err)}")
         c.connecting = False
+        self.open += 1
+        self.peak_open = max(self.peak_open, self.open)
+        self._connected_one()
         if not c.sends:
             self._all_sent(c)
         if not c.finished:
@@ -642,6 +677,11 @@ class Engine:
 
     def _all_sent(self, c):
         c.sent_all = True
+        if c.end == "rst":
+            # Abort: close with SO_LINGER {1, 0} so the server gets a RST,
+            # possibly in the middle of sending the echo.
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return self._finish(c)
         if c.shut_wr:
             try:
                 c.sock.shutdown(socket.SHUT_WR)
@@ -680,6 +720,11 @@ class Engine:
         err = c.consume(self.mv, n)
         if err:
             return self._finish(c, err)
+        self.total_received += n
+        if self.trigger and self.total_received >= self.trigger[0]:
+            fn = self.trigger[1]
+            self.trigger = None
+            fn()
         if c.end == "close" and c.sent_all and c.received == c.expect_total:
             return self._finish(c)
         self._update(c)
@@ -724,9 +769,22 @@ class Engine:
                 break
         self._update(c)
 
+    def _connected_one(self):
+        self.unconnected -= 1
+        if self.barrier and self.unconnected == 0:
+            self.barrier = False
+            for o in self.clients:
+                o.hold = False
+                if not o.finished and o.sock is not None and not o.connecting:
+                    self._update(o)
+
     def _finish(self, c, err=None):
         if c.finished:
             return
+        if c.connecting or not c.started or c.sock is None:
+            self._connected_one()       # never connected: release the barrier
+        else:
+            self.open -= 1
         c.finished = True
         self.active -= 1
         if c.sock is not None:
@@ -740,8 +798,13 @@ class Engine:
             self.errors.append((c.name, err))
 
 
-def run_clients(clients, timeout):
-    return Engine(clients, timeout).run()
+def run_clients(clients, timeout, trigger=None, barrier=False, stats=None):
+    e = Engine(clients, timeout, trigger, barrier)
+    errors = e.run()
+    if stats is not None:
+        stats["peak_open"] = e.peak_open
+        stats["received"] = e.total_received
+    return errors
 
 
 def assert_clients_ok(errors, clients, what="clients"):

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import REPO, Server, TestFailure  # noqa: E402
 
+# Run order: these first, then any other test_*.py in this directory.
 MODULES = ["test_cli", "test_echo", "test_handlers", "test_lifecycle", "test_backpressure"]
 
 
@@ -108,9 +109,20 @@ class Ctx:
 
 
 def collect_tests():
+    here = os.path.dirname(os.path.abspath(__file__))
+    others = sorted(f[:-3] for f in os.listdir(here)
+                    if f.startswith("test_") and f.endswith(".py") and f[:-3] not in MODULES)
     tests = []
-    for modname in MODULES:
-        mod = importlib.import_module(modname)
+    for modname in MODULES + others:
+        try:
+            mod = importlib.import_module(modname)
+        except Exception:
+            err = traceback.format_exc()
+
+            def broken(ctx, err=err):
+                raise TestFailure("cannot import the module:\n" + err)
+            tests.append((f"import_{modname}", broken))
+            continue
         fns = [(getattr(mod, n)) for n in dir(mod) if n.startswith("test_")]
         fns = [f for f in fns if inspect.isfunction(f) and f.__module__ == modname]
         fns.sort(key=lambda f: f.__code__.co_firstlineno)

@@ -1,6 +1,5 @@
 """Command line: --help, --version, bad options and bad scripts (spec items 8, 10)."""
 
-import os
 import re
 import subprocess
 import time

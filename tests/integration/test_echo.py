@@ -11,7 +11,7 @@ from harness import (ECHO_LUA, StreamClient, assert_clients_ok, check, connect,
                      parse_addr, read_until_closed, run_clients)
 
 
-def _run_echo(ctx, srv, n_conns, budget, timeout, addrs=None, **kw):
+def _run_echo(ctx, srv, n_conns, budget, timeout, addrs=None, barrier=False, **kw):
     t0 = time.monotonic()
     clients = []
     addrs = addrs or [srv.addr]
@@ -21,11 +21,16 @@ def _run_echo(ctx, srv, n_conns, budget, timeout, addrs=None, **kw):
         clients += echo_clients(addr, ctx.rng, per, budget // len(addrs), pool=pool,
                                 prefix=f"a{k}.conn", **kw)
     total = sum(c.send_total for c in clients)
-    errors = run_clients(clients, timeout * ctx.factor)
+    stats = {}
+    errors = run_clients(clients, timeout * ctx.factor, barrier=barrier, stats=stats)
     dt = time.monotonic() - t0
-    ctx.log(f"{len(clients)} conns, {total / 1e6:.1f} MB each way in {dt:.1f}s "
-            f"({2 * total / 1e6 / max(dt, 1e-6):.0f} MB/s)")
+    ctx.log(f"{len(clients)} conns (peak {stats['peak_open']} open), {total / 1e6:.1f} MB each way "
+            f"in {dt:.1f}s ({2 * total / 1e6 / max(dt, 1e-6):.0f} MB/s)")
     assert_clients_ok(errors, clients)
+    check(stats["received"] == total, f"engine bookkeeping: received {stats['received']} of {total}")
+    if barrier:
+        check(stats["peak_open"] == len(clients),
+              f"only {stats['peak_open']} of {len(clients)} connections were open at once")
     srv.assert_alive()
     return total
 
@@ -42,7 +47,7 @@ def test_echo_1000_concurrent(ctx):
     """1000 concurrent connections, log-uniform messages 1 B..1 MiB written
     in random pieces, every byte checked in order."""
     srv = ctx.server(ECHO_LUA, args=["--workers", "2"])
-    _run_echo(ctx, srv, 1000, int(200e6 * ctx.volume), 100)
+    _run_echo(ctx, srv, 1000, int(200e6 * ctx.volume), 100, barrier=True)
 
 
 test_echo_1000_concurrent.time_limit = 150
@@ -52,7 +57,7 @@ def test_echo_tiny_ring(ctx):
     """--buffers 8 --buffer-size 4096: the provided ring runs dry all the
     time (ENOBUFS); nothing may be lost or reordered."""
     srv = ctx.server(ECHO_LUA, args=["--workers", "2", "--buffers", "8", "--buffer-size", "4096"])
-    _run_echo(ctx, srv, 200, int(30e6 * ctx.volume), 60)
+    _run_echo(ctx, srv, 200, int(30e6 * ctx.volume), 60, barrier=True)
 
 
 def test_echo_tiny_ring_single_worker(ctx):
@@ -70,7 +75,7 @@ def test_builtin_echo(ctx):
 def _half_close_clients(ctx, addr):
     pool = make_pool(ctx.rng)
     clients = []
-    sizes = [0, 1, 2, 100, 4096, 16385, 100_000, 1 << 20, 4 << 20]
+    sizes = [0, 1, 2, 100, 4096, 16385, 100_000, 1 << 20, len(pool)]
     for i, size in enumerate(sizes * 2):
         off = ctx.rng.randrange(0, len(pool) - size + 1)
         data = pool[off:off + size]
@@ -154,7 +159,8 @@ def test_script_listen(ctx):
     p2 = free_port()
     upath = os.path.join(ctx.tmpdir, "list.sock")
     s2 = ctx.server(_script_with_listen(ctx, f'{{ "tcp://127.0.0.1:{p2}", "unix:{upath}" }}'),
-                    listen=[], probe=[f"tcp://127.0.0.1:{p2}", f"unix:{upath}"])
+                    listen=[], probe=[f"tcp://127.0.0.1:{p2}", f"unix:{upath}"],
+                    args=["--workers", "1"])   # unix + 2 workers: see unix_listener_with_two_workers_starts
     echo_roundtrip((socket.AF_INET, ("127.0.0.1", p2)), b"list listen tcp\n")
     echo_roundtrip((socket.AF_UNIX, upath), b"list listen unix\n")
     s2.stop()
@@ -169,3 +175,34 @@ def test_script_listen(ctx):
         fail(f"--listen should override the script's listen, but port {p3} from the script accepts")
     except ConnectionRefusedError:
         pass
+
+
+def test_echo_config_matrix(ctx):
+    """The echo under a spread of worker counts and ring geometries."""
+    configs = [
+        ["--workers", "1", "--buffers", "16", "--buffer-size", "1k"],
+        ["--workers", "3", "--buffers", "64", "--buffer-size", "2048"],
+        ["--workers", "4", "--buffers", "4096", "--buffer-size", "64k"],
+        ["--workers", "2", "--buffers", "32", "--buffer-size", "1m"],
+    ]
+    for args in configs:
+        srv = ctx.server(ECHO_LUA, args=args)
+        try:
+            _run_echo(ctx, srv, 100, int(20e6 * ctx.volume), 60)
+        except AssertionError as e:
+            fail(f"with {' '.join(args)}: {e}")
+        srv.stop()
+
+
+def test_ipv6_listener(ctx):
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+    except OSError:
+        ctx.note("no IPv6 loopback here; ipv6_listener skipped")
+        return
+    srv = ctx.server(ECHO_LUA, listen=[f"tcp://[::1]:{port}"], args=["--workers", "2"])
+    echo_roundtrip(srv.addr, b"over ipv6\n")
+    _run_echo(ctx, srv, 20, int(5e6 * ctx.volume), 30)

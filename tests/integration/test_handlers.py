@@ -71,11 +71,11 @@ def _text(rng, n):
     return rng.randbytes(n).translate(_TABLE)
 
 
-def _lines_plan(rng, n_lines, big=0):
+def _lines_plan(rng, n_lines, big=0, small_only=False):
     """A stream of lines and the expected answers."""
     bodies = []
     for _ in range(n_lines):
-        r = rng.random()
+        r = rng.random() * (0.8 if small_only else 1.0)
         if r < 0.1:
             n = 0
         elif r < 0.2:
@@ -109,8 +109,11 @@ def test_lines_consumed_bytes(ctx):
                                 rng=random.Random(rng.getrandbits(64))))
     # Random splits, various piece sizes, with and without big lines.
     for i in range(24):
-        s, a = _lines_plan(rng, rng.randint(5, 120), big=(2 if i % 3 == 0 else 0))
         hi = [16, 512, 8192, 65536][i % 4]
+        if hi == 16:        # tiny pieces: keep the volume small
+            s, a = _lines_plan(rng, rng.randint(5, 30), small_only=True)
+        else:
+            s, a = _lines_plan(rng, rng.randint(5, 120), big=(2 if i % 3 == 0 else 0))
         clients.append(StreamClient(f"lines{i}(pieces<= {hi})", srv.addr, [s], expected=[a],
                                     piece=(1, hi), pause_prob=0.2, pause_s=(0.0, 0.003),
                                     rng=random.Random(rng.getrandbits(64))))
@@ -154,14 +157,18 @@ def test_stale_slice_raises(ctx):
     problems = []
     try:
         echo_roundtrip(srv.addr, b"before\n", sock=bystander)
-        for i, op in enumerate(["len", "byte", "sub", "find", "tostring", "send"]):
+        cases = [("keep", op) for op in ["len", "byte", "sub", "find", "tostring", "send"]]
+        cases += [("keepsub", "len"), ("keepsub", "tostring"), ("keepsub", "send")]
+        for keep, op in cases:
             before = srv.stderr().count(STALE_MSG)
             s = connect(srv.addr)
+            if keep != "keep":
+                op = f"{keep}:{op}"
             try:
-                s.sendall(b"keep")
+                s.sendall(keep.encode())
                 got = recv_exact(s, 5, 5 * ctx.factor, what="'kept' reply")
                 check(got == b"kept\n", f"[{op}] want b'kept\\n', got {got!r}")
-                s.sendall(op.encode() + b"\n")
+                s.sendall(op.split(":")[-1].encode() + b"\n")
                 data, how = read_until_closed(s, 5 * ctx.factor)
             finally:
                 s.close()
@@ -174,6 +181,10 @@ def test_stale_slice_raises(ctx):
             logged = wait_for(lambda: srv.stderr().count(STALE_MSG) > before, 3 * ctx.factor)
             if not logged:
                 problems.append(f"[{op}] no {STALE_MSG!r} error logged")
+            else:
+                line = [ln for ln in srv.stderr().splitlines() if STALE_MSG in ln][before]
+                if not re.search(r"retain\.lua:\d+", line):
+                    problems.append(f"[{op}] the logged error does not give retain.lua:LINE: {line!r}")
             # The others are unaffected.
             echo_roundtrip(srv.addr, f"after {op}\n".encode(), sock=bystander)
         echo_roundtrip(srv.addr, b"fresh connection\n")
@@ -264,3 +275,131 @@ def test_connection_api(ctx):
         a.close()
         b.close()
     srv.assert_alive()
+
+
+def test_lines_tiny_ring(ctx):
+    """The line protocol with a ring that is always empty: residues and
+    re-offers under constant ENOBUFS."""
+    srv = ctx.server(f"{SCRIPTS}/lines.lua",
+                     args=["--workers", "2", "--buffers", "8", "--buffer-size", "4096",
+                           "--max-unconsumed", "1048576"])
+    rng = ctx.rng
+    clients = []
+    for i in range(40):
+        s, a = _lines_plan(rng, rng.randint(5, 80), big=(1 if i % 4 == 0 else 0))
+        clients.append(StreamClient(f"lines{i}", srv.addr, [s], expected=[a],
+                                    piece=(1, [64, 4096, 65536][i % 3]), pause_prob=0.1,
+                                    rng=random.Random(rng.getrandbits(64))))
+    assert_clients_ok(run_clients(clients, 60 * ctx.factor), clients)
+    srv.assert_alive()
+
+
+def test_max_unconsumed_closes_connection(ctx):
+    """A connection whose unconsumed bytes pass --max-unconsumed is closed;
+    others, and lines under the limit, are fine."""
+    srv = ctx.server(f"{SCRIPTS}/lines.lua",
+                     args=["--workers", "2", "--max-unconsumed", "65536"])
+    t = 5 * ctx.factor
+    ok = connect(srv.addr)
+    try:
+        line = _text(ctx.rng, 30000)
+        ok.sendall(line + b"\n")
+        got = recv_exact(ok, len(line) + 1, t, what="answer to a 30 KB line")
+        check(got == line[::-1].upper() + b"\n", "wrong answer to a 30 KB line")
+
+        hog = connect(srv.addr)
+        try:
+            try:
+                hog.sendall(_text(ctx.rng, 300_000))     # no newline, ever
+            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+                pass
+            data, how = read_until_closed(hog, t)
+            check(how in ("eof", "reset"),
+                  f"300 KB without a newline (limit 64 KB): connection not closed within {t:.0f}s")
+            check(not data, f"unexpected answer {data[:40]!r}")
+        finally:
+            hog.close()
+        ok.sendall(b"still\n")
+        check(recv_exact(ok, 6, t) == b"LLITS\n", "other connection disturbed")
+    finally:
+        ok.close()
+    srv.assert_alive()
+
+
+def test_errors_in_on_open_and_on_close(ctx):
+    script = f"{SCRIPTS}/hooks_error.lua"
+    open_line = _marked_line(script, "OPEN-LINE")
+    close_line = _marked_line(script, "CLOSE-LINE")
+    srv = ctx.server(script, args=["--workers", "1"])
+    t = 5 * ctx.factor
+    greeted, refused = [], 0
+    try:
+        for i in range(6):
+            s = connect(srv.addr)
+            data, how = b"", None
+            s.settimeout(t)
+            try:
+                data = s.recv(8)
+            except ConnectionResetError:
+                data = b""
+            if data == b"":
+                refused += 1
+                s.close()
+                continue
+            check(data == b"welcome\n"[:len(data)], f"connection {i}: unexpected greeting {data!r}")
+            if len(data) < 8:
+                data += recv_exact(s, 8 - len(data), t)
+            greeted.append(s)
+        check(refused >= 2 and len(greeted) >= 2,
+              f"every second on_open raises: expected about half the connections closed at once, "
+              f"got {refused} closed and {len(greeted)} greeted")
+        for k, s in enumerate(greeted):
+            echo_roundtrip(srv.addr, f"greeted {k}\n".encode(), sock=s)
+        check(re.search(rf"hooks_error\.lua:{open_line}\b", srv.stderr()),
+              f"on_open error not logged with hooks_error.lua:{open_line}; {srv.stderr_tail()}")
+        # on_close raising: logged, nothing else breaks.
+        c = greeted.pop()
+        c.sendall(b"closeerr\n")
+        data, how = read_until_closed(c, t)
+        c.close()
+        check(data == b"closing\n" and how == "eof", f"closeerr: got {data!r}, {how}")
+        check(wait_for(lambda: re.search(rf"hooks_error\.lua:{close_line}\b", srv.stderr()),
+                       3 * ctx.factor),
+              f"on_close error not logged with hooks_error.lua:{close_line}; {srv.stderr_tail()}")
+        for k, s in enumerate(greeted):
+            echo_roundtrip(srv.addr, f"still {k}\n".encode(), sock=s)
+        srv.assert_alive()
+    finally:
+        for s in greeted:
+            s.close()
+
+
+def _checksum(b):
+    h = 0
+    for x in b:
+        h = (h * 31 + x) % 2147483647
+    return h
+
+
+def test_slice_api_matches_lua_strings(ctx):
+    """#, :byte, :sub, :find and tostring of slices (and of sub-slices)
+    agree with Lua strings, for lines inside one buffer and spanning many."""
+    for bufsize in ("512", "16k"):
+        srv = ctx.server(f"{SCRIPTS}/slice_check.lua",
+                         args=["--workers", "2", "--buffer-size", bufsize])
+        rng = ctx.rng
+        clients = []
+        for i in range(12):
+            sizes = [0, 1, 2, 5, 6, 7, 30, 47, 48, 49, 200, 511, 512, 513]
+            if i % 3:       # not for the 7-byte pieces: keep that one quick
+                sizes += [1500, 5000, 40000]
+            bodies = [_text(rng, rng.choice(sizes)) for _ in range(rng.randint(3, 25))]
+            stream = b"".join(b + b"\n" for b in bodies)
+            answer = b"".join(f"ok {len(b)} {_checksum(b)}\n".encode() for b in bodies)
+            clients.append(StreamClient(f"slices{i}/bufsize {bufsize}", srv.addr, [stream],
+                                        expected=[answer], piece=(1, [7, 700, 70000][i % 3]),
+                                        pause_prob=0.2, rng=random.Random(rng.getrandbits(64))))
+        errors = run_clients(clients, 60 * ctx.factor)
+        assert_clients_ok(errors, clients)
+        srv.assert_alive()
+        srv.stop()

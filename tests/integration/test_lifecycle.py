@@ -7,7 +7,7 @@ import time
 
 from harness import (ECHO_LUA, PatternStream, check, connect, echo_roundtrip, fail,
                      make_pool, proc_net_tcp_queues, read_back, read_until_closed,
-                     recv_exact, wait_for)
+                     recv_exact)
 
 
 def _push(ctx, srv, n, per, rcvbuf, timeout):
@@ -94,7 +94,7 @@ def test_sigterm_drains_pending_sends(ctx):
     try:
         _wait_server_read_all(srv, n, 15 * ctx.factor)
         t0 = time.monotonic()
-        srv.signal(signal.SIGTERM)
+        srv.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         ctx.log(f"server alive 0.3 s after SIGTERM (still draining): {srv.alive()}")
         err = _not_served(srv.addr, 1.0)
@@ -105,8 +105,10 @@ def test_sigterm_drains_pending_sends(ctx):
         rc = srv.wait(drain_ms / 1000.0 + 5 * ctx.factor)
         dt = time.monotonic() - t0
         if rc is None:
+            dump = srv.thread_dump()
             srv.kill()
-            fail(f"server still running {dt:.1f}s after SIGTERM though every client was served")
+            fail(f"server still running {dt:.1f}s after SIGTERM though every client was served; "
+                 f"{srv.stderr_tail()}{dump}")
         srv.checked = True
         check(rc == 0, f"exit code {rc} after SIGTERM, want 0; {srv.stderr_tail()}")
         check(dt < drain_ms / 1000.0, f"exit took {dt:.1f}s, more than the drain timeout")
@@ -125,14 +127,15 @@ def test_sigterm_drain_timeout_bounds_exit(ctx):
     try:
         _wait_server_read_all(srv, 3, 15 * ctx.factor)
         t0 = time.monotonic()
-        srv.signal(signal.SIGTERM)
+        srv.send_signal(signal.SIGTERM)
         limit = 1.0 + 3.0 * ctx.factor
         rc = srv.wait(limit)
         dt = time.monotonic() - t0
         if rc is None:
+            dump = srv.thread_dump()
             srv.kill()
             fail(f"server did not exit within {limit:.1f}s of SIGTERM with --drain-timeout 1000 "
-                 f"and a client that never reads; {srv.stderr_tail()}")
+                 f"and a client that never reads; {srv.stderr_tail()}{dump}")
         srv.checked = True
         check(rc == 0, f"exit code {rc}, want 0; {srv.stderr_tail()}")
         ctx.log(f"exit {dt:.2f}s after SIGTERM")
@@ -151,11 +154,13 @@ def test_sigint_idle(ctx):
     try:
         echo_roundtrip(srv.addr, b"x\n", sock=a)
         t0 = time.monotonic()
-        srv.signal(signal.SIGINT)
+        srv.send_signal(signal.SIGINT)
         rc = srv.wait(3 * ctx.factor)
         if rc is None:
+            dump = srv.thread_dump()
             srv.kill()
-            fail("server did not exit within 3s of SIGINT with one idle connection")
+            fail(f"server did not exit within 3s of SIGINT with one idle connection; "
+                 f"{srv.stderr_tail()}{dump}")
         srv.checked = True
         check(rc == 0, f"exit code {rc} after SIGINT, want 0; {srv.stderr_tail()}")
         data, how = read_until_closed(a, 2)
@@ -226,3 +231,119 @@ def test_max_conns(ctx):
         for s in conns:
             s.close()
     srv.assert_alive()
+
+
+def test_churn_keeps_connection_accounting(ctx):
+    """Thousands of short connections ending every way (client close,
+    half-close, RST mid-echo, handler error) must not leak connection slots:
+    afterwards exactly --max-conns connections can be open at once."""
+    from harness import SCRIPTS, StreamClient, assert_clients_ok, run_clients
+    import random
+    cap = 100
+    srv = ctx.server(f"{SCRIPTS}/boom.lua", args=["--workers", "2", "--max-conns", str(cap)])
+    pool = make_pool(ctx.rng, no_b=True)
+    rng = ctx.rng
+    waves, per_wave = 25, 60
+    for w in range(waves):
+        clients = []
+        for i in range(per_wave):
+            kind = rng.choice(["close", "eof", "rst", "rst", "boom"])
+            size = rng.choice([1, 100, 5000, 200_000])
+            off = rng.randrange(len(pool) - size)
+            data = pool[off:off + size]
+            r = random.Random(rng.getrandbits(64))
+            name = f"wave{w}.{kind}{i}"
+            if kind == "close":
+                c = StreamClient(name, srv.addr, [data], rng=r)
+            elif kind == "eof":
+                c = StreamClient(name, srv.addr, [data], rng=r, shut_wr=True, end="eof")
+            elif kind == "rst":
+                c = StreamClient(name, srv.addr, [data], rng=r, end="rst")
+            else:
+                c = StreamClient(name, srv.addr, [data, b"boom!"], expected=[data],
+                                 gates=[0, size], rng=r, end="server_close", expect_min=size,
+                                 piece=(1 << 20, 1 << 20))   # "boom!" in one write
+            clients.append(c)
+        assert_clients_ok(run_clients(clients, 30 * ctx.factor), clients, f"wave {w} clients")
+    srv.assert_alive()
+    time.sleep(0.5)
+    conns = []
+    try:
+        for i in range(cap):
+            conns.append(_open_working(ctx, srv.addr, f"#{i + 1} after churn", retry_for=2 * ctx.factor))
+        _expect_rejected(ctx, srv.addr, f"#{cap + 1} after churn")
+    finally:
+        for s in conns:
+            s.close()
+    srv.assert_alive()
+
+
+test_churn_keeps_connection_accounting.time_limit = 150
+
+
+def test_sigterm_under_load(ctx):
+    """SIGTERM in the middle of heavy traffic: exit 0 within the drain
+    timeout, no crash; whatever the clients got is a correct prefix."""
+    from harness import assert_clients_ok, echo_clients, run_clients
+    srv = ctx.server(ECHO_LUA, drain_timeout_ms=3000, args=["--workers", "2"])
+    clients = echo_clients(srv.addr, ctx.rng, 300, int(150e6 * ctx.volume), pause_prob=0.02)
+    total = sum(c.expect_total for c in clients)
+    t0 = []
+
+    def sigterm():
+        t0.append(time.monotonic())
+        srv.send_signal(signal.SIGTERM)
+    # SIGTERM once a quarter of the echo is back: traffic is in full swing.
+    errors = run_clients(clients, 30 * ctx.factor, trigger=(total // 4, sigterm))
+    check(t0, "the traffic ended before SIGTERM was sent (test bug)")
+    t0 = t0[0]
+    bad = [(n, e) for n, e in errors
+           if not any(k in e for k in ("unexpected EOF", "reset", "send failed", "connect failed"))]
+    assert_clients_ok(bad, clients, "clients (data errors, not closes)")
+    rc = srv.wait(3 + 5 * ctx.factor)
+    if rc is None:
+        dump = srv.thread_dump()
+        srv.kill()
+        fail(f"server still running {time.monotonic() - t0:.1f}s after SIGTERM under load "
+             f"(--drain-timeout 3000); {srv.stderr_tail()}{dump}")
+    srv.checked = True
+    check(rc == 0, f"exit code {rc}{' (signal)' if rc < 0 else ''} after SIGTERM under load; "
+                   f"{srv.stderr_tail()}")
+    ctx.log(f"{len(errors)} of {len(clients)} clients cut off by the shutdown")
+
+
+def test_unix_listener_with_two_workers_starts(ctx):
+    """A unix: listener with --workers 2 must start every time (the socket
+    path is bound once, not raced by the workers)."""
+    import os
+    failures = []
+    for i in range(8):
+        path = os.path.join(ctx.tmpdir, f"w{i}.sock")
+        srv = ctx.server(ECHO_LUA, listen=[f"unix:{path}"], args=["--workers", "2"], start=False)
+        try:
+            srv.start()
+            echo_roundtrip(srv.addr, b"unix two workers\n")
+            srv.stop()
+        except AssertionError as e:
+            errs = [ln for ln in srv.stderr().splitlines() if " info: " not in ln]
+            failures.append(f"start {i + 1}: {str(e).splitlines()[0]} {errs[-1:]}")
+            srv.kill()
+            srv.checked = True
+    check(not failures, f"{len(failures)} of 8 starts failed:\n" + "\n".join(failures))
+
+
+def test_log_levels(ctx):
+    """--log-level error hides the info lines; debug shows at least them."""
+    quiet = ctx.server(ECHO_LUA, args=["--workers", "1", "--log-level", "error"])
+    echo_roundtrip(quiet.addr, b"quiet\n")
+    check(quiet.stop() == 0, "exit code on SIGTERM")
+    info = [ln for ln in quiet.stderr().splitlines() if "info" in ln or "listening on" in ln]
+    check(not info, f"--log-level error still logs info lines: {info[:3]}")
+    loud = ctx.server(ECHO_LUA, args=["--workers", "1", "--log-level", "debug"])
+    echo_roundtrip(loud.addr, b"loud\n")
+    check(loud.stop() == 0, "exit code on SIGTERM")
+    check("listening on" in loud.stderr(), "--log-level debug does not show the 'listening on' line")
+    for srv in (quiet, loud):
+        with open(srv.stdout_path, "rb") as f:
+            out = f.read()
+        check(not out, f"logs go to stderr, but the server wrote to stdout: {out[:200]!r}")

@@ -1,8 +1,9 @@
 -- Test script: misuse of a slice after its handler returned.
 -- A connection whose first bytes are "keep" stores that slice in conn.state
--- and answers "kept\n".  Its next bytes name an operation to try on the
--- stored (now stale) slice; each must raise "slice used after its handler
--- returned".  If it does not, "survived\n" is sent.  Other data is echoed.
+-- ("keepsub": a sub-slice of it) and answers "kept\n".  Its next bytes name
+-- an operation to try on the stored (now stale) slice; each must raise
+-- "slice used after its handler returned".  If it does not, "survived" is
+-- sent.  Other data is echoed.
 local ops = {
   len = function(conn, s) return #s end,
   byte = function(conn, s) return s:byte(1) end,
@@ -26,6 +27,11 @@ return {
       end
       op(conn, st.kept)
       conn:send("survived " .. name .. "\n")
+      return
+    end
+    if data:find("keepsub") == 1 then
+      st.kept = data:sub(2, 5)
+      conn:send("kept\n")
       return
     end
     if data:find("keep") == 1 then

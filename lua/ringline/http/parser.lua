@@ -1,0 +1,1052 @@
+-- ringline.http.parser: HTTP/1.1 request heads and chunked bodies, parsed in
+-- place over received bytes.
+--
+-- Nothing is copied while parsing.  The parser reads the bytes through the
+-- slice's base pointer and records byte offsets and lengths (0-based, from
+-- s.base) in a reusable request object; sub-slices and strings are only made
+-- when an accessor is called.  Parsing starts over on every call: a handler
+-- that gets -2 leaves the bytes unconsumed and calls again when more have
+-- arrived.
+--
+--   local P = require "ringline.http.parser"
+--   local req = P.new_request(max_headers)      -- once per connection
+--   local n = P.parse_request(s, req, max_header_bytes, off)
+--     s: a slice, or any cdata with base (const uint8_t *) and size
+--     max_header_bytes: default 8192; counts from off, includes any empty
+--       lines before the request line and the final CRLF
+--     off: 0-based byte offset in s to parse from (default 0)
+--     n > 0  the head (request line, header lines, the empty line) is the
+--            n bytes from off; the body starts at off + n
+--     -2     incomplete: call again with more bytes
+--     -1     error; req.status is 400, 431, 501 or 505
+--   After a success (fields are not meaningful after -1 or -2):
+--   req:method(s) req:target(s) req:path(s) req:query(s)  -> slices
+--     (query: after the first '?', nil if there is none)
+--   req:method_is(s, "GET")                               -> boolean
+--   req:header(s, "content-length")                       -> value slice | nil
+--   req:find_header(s, name, init)                        -> index | nil
+--   req:header_count()  req:header_at(s, i)               -> name, value
+--   req.minor (0 | 1)  req.content_length (-1 if absent)  req.chunked
+--   req.keep_alive  req.expect_continue  req.host (boolean)  req.host_index
+--   req.method_off/len, target_off/len, path_off/len, query_off/len (-1
+--   if no query), nheaders, name_off[i]/name_len[i], value_off[i]/
+--   value_len[i]: 0-based offsets from s.base, value trimmed of SP/HT.
+--   Accessors take the slice that was parsed; only they allocate.
+--
+--   local d = P.new_chunked()                    -- d:reset() between bodies
+--   local st, used = P.decode_chunked(s, off, d, max_body)
+--     st 1: body and trailers complete, `used` bytes from off were the body
+--       (later calls return 1, 0 until d:reset())
+--     st 0: all bytes from off processed (used == #s - off); need more.
+--       The state is kept in d: the next call takes the bytes that follow.
+--     st -1: error; d.status is 400 or 413 (later calls return -1, 0)
+--     d.n data ranges found in this call: d.off[k], d.len[k] (0-based
+--     offsets from s.base), or d:data(s, k) as a slice; d.total is the
+--     body length so far; max_body (default 2^53-1) bounds d.total.
+--
+-- Written for the LuaJIT compiler: bytes are read as s.base[i] (a pointer
+-- kept in a local would be boxed whenever it crosses from one trace to
+-- another), loops test their condition first, and header names are
+-- compared with generated straight-line code.  Compiled, parsing and
+-- decoding allocate nothing.
+--
+-- Choices where the RFCs leave room:
+--   * Bare LF ends the request line and header lines (RFC 9112 2.2); a CR
+--     not followed by LF is an error.  Chunked framing (size lines, the CRLF
+--     after data, trailers) requires CRLF: lenient line ends in chunked
+--     bodies are a known request smuggling vector.
+--   * Empty lines before the request line are skipped (RFC 9112 2.2) and
+--     count towards n.
+--   * Any HTTP-version other than HTTP/1.0 and HTTP/1.1 that is well formed
+--     ("HTTP/" DIGIT "." DIGIT) gets 505; a malformed version gets 400.
+--   * Bytes 0x80-0xff are accepted in the target and in field values; other
+--     control bytes (and DEL) are rejected.
+--   * Transfer-Encoding (all its header lines, as one list): the final
+--     coding must be chunked (400 otherwise, RFC 9112 6.3), chunked must
+--     appear once (400), any other coding before it is unsupported (501).
+--     Transfer-Encoding in an HTTP/1.0 request, or together with
+--     Content-Length, is 400.
+--   * Content-Length must be 1*DIGIT up to 2^53-1; repeated lines must agree.
+--   * More than one Host line is 400; HTTP/1.1 without Host is 400.
+--   * Expect: 100-continue is ignored in HTTP/1.0 requests (RFC 9110 10.1.1).
+local ffi = require "ffi"
+local bit = require "bit"
+local slice = require "ringline.slice"
+
+local band, bor = bit.band, bit.bor
+local istype = ffi.istype
+local byte = string.byte
+local error, setmetatable, type = error, setmetatable, type
+local Slice = slice.type
+local slice_epoch = slice.epoch
+
+local tnew
+do
+  local ok, f = pcall(require, "table.new")
+  tnew = ok and f or function() return {} end
+end
+
+local M = {}
+
+M.DEFAULT_MAX_HEADERS = 64       -- new_request() without an argument
+M.DEFAULT_MAX_HEADER_BYTES = 8192 -- parse_request() without a limit
+-- Fixed when the module loads (changing them later has no effect):
+M.MAX_CHUNK_LINE = 4096     -- chunk-size line with extensions and CRLF
+M.MAX_TRAILER_BYTES = 8192  -- trailer section, final CRLF included
+
+local MAX_EXACT = 9007199254740991 -- 2^53 - 1
+local MAX_CHUNK_LINE = M.MAX_CHUNK_LINE
+local MAX_TRAILER_BYTES = M.MAX_TRAILER_BYTES
+
+local USED_AFTER = "slice used after its handler returned"
+
+local CR, LF, SP, HT = 13, 10, 32, 9
+local COLON, QMARK, COMMA, SEMI, EQUALS, DQUOTE, BSLASH =
+  58, 63, 44, 59, 61, 34, 92
+
+---------------------------------------------------------------------------
+-- byte classes
+
+local C_TOKEN, C_VALUE, C_TARGET, C_QTEXT, C_WS, C_SEP = 1, 2, 4, 8, 16, 32
+local cls = ffi.new("uint8_t[256]")
+local hexv = ffi.new("int8_t[256]")
+do
+  local tchar = "!#$%&'*+-.^_`|~"
+  for c = 0, 255 do
+    local v = 0
+    if (c >= 48 and c <= 57) or (c >= 65 and c <= 90) or (c >= 97 and c <= 122)
+       or tchar:find(string.char(c), 1, true) then
+      v = v + C_TOKEN
+    end
+    -- field-content: VCHAR, obs-text, SP, HT
+    if c == HT or (c >= 0x20 and c ~= 0x7f) then v = v + C_VALUE end
+    -- request-target: VCHAR, obs-text
+    if c > 0x20 and c ~= 0x7f then v = v + C_TARGET end
+    -- qdtext: HT, SP, 0x21, 0x23-0x5b, 0x5d-0x7e, obs-text
+    if c == HT or (c >= 0x20 and c ~= 0x7f and c ~= DQUOTE and c ~= BSLASH) then
+      v = v + C_QTEXT
+    end
+    if c == SP or c == HT then v = v + C_WS + C_SEP end
+    if c == COMMA then v = v + C_SEP end
+    cls[c] = v
+    local h = -1
+    if c >= 48 and c <= 57 then h = c - 48
+    elseif c >= 65 and c <= 70 then h = c - 55
+    elseif c >= 97 and c <= 102 then h = c - 87 end
+    hexv[c] = h
+  end
+end
+
+---------------------------------------------------------------------------
+-- helpers (no allocation)
+
+local function check(s)
+  if istype(Slice, s) and s.epoch ~= slice_epoch() then
+    error(USED_AFTER, 3)
+  end
+end
+
+-- A function (s, o) -> whether the bytes at s.base[o] equal the lowercase
+-- literal lit, ignoring ASCII case (x|0x20 equals a letter only if x is
+-- that letter in either case; other bytes must match exactly).  Generated
+-- as one expression: the JIT follows a single path through it, where a
+-- loop over the bytes would be an inner loop in the caller's trace.
+local function literal_test(lit)
+  local terms = {}
+  for k = 1, #lit do
+    local ch = byte(lit, k)
+    if ch >= 97 and ch <= 122 then
+      terms[k] = ("bor(b[o + %d], 32) == %d"):format(k - 1, ch)
+    else
+      terms[k] = ("b[o + %d] == %d"):format(k - 1, ch)
+    end
+  end
+  local src = "local bor = ...\nreturn function(s, o)\n  local b = s.base\n" ..
+    "  return " .. table.concat(terms, "\n    and ") .. "\nend\n"
+  return assert(loadstring(src, "=ringline.http.parser:" .. lit))(bor)
+end
+
+local is_content_length = literal_test("content-length")
+local is_transfer_encoding = literal_test("transfer-encoding")
+local is_connection = literal_test("connection")
+local is_expect = literal_test("expect")
+local is_host = literal_test("host")
+local is_chunked = literal_test("chunked")
+local is_close = literal_test("close")
+local is_keep_alive = literal_test("keep-alive")
+local is_100_continue = literal_test("100-continue")
+
+-- Bytes s.base[o .. o+n-1] equal the Lua string str (same length) ignoring
+-- ASCII case; any bytes on either side.
+local function eq_nocase(s, o, str, n)
+  for k = 0, n - 1 do
+    local a, b = s.base[o + k], byte(str, k + 1)
+    if a ~= b then
+      local la = bor(a, 0x20)
+      if la ~= bor(b, 0x20) or la < 97 or la > 122 then return false end
+    end
+  end
+  return true
+end
+
+-- The next element of a comma-separated list in s.base[j .. e-1]: skips OWS and
+-- empty elements.  Returns the element's start and end (exclusive, trailing
+-- OWS trimmed) and where to continue, or nil at the end of the list.
+local function list_next(s, j, e)
+  while j < e and band(cls[s.base[j]], C_SEP) ~= 0 do j = j + 1 end
+  if j >= e then return nil, nil, e end
+  local t0 = j
+  while j < e and s.base[j] ~= COMMA do j = j + 1 end
+  local t1 = j
+  while t1 > t0 and band(cls[s.base[t1 - 1]], C_WS) ~= 0 do t1 = t1 - 1 end
+  return t0, t1, j
+end
+
+-- Transfer-Encoding list: how many chunked codings, whether the last one
+-- is chunked, whether there is any other.
+local function te_list(s, j, e)
+  local n, last, other = 0, false, false
+  while true do
+    local a, b
+    a, b, j = list_next(s, j, e)
+    if not a then break end
+    if b - a == 7 and is_chunked(s, a) then
+      n, last = n + 1, true
+    else
+      other, last = true, false
+    end
+  end
+  return n, last, other
+end
+
+-- Connection list: close?, keep-alive?
+local function connection_list(s, j, e)
+  local close, ka = false, false
+  while true do
+    local a, b
+    a, b, j = list_next(s, j, e)
+    if not a then break end
+    local n = b - a
+    if n == 5 and is_close(s, a) then
+      close = true
+    elseif n == 10 and is_keep_alive(s, a) then
+      ka = true
+    end
+  end
+  return close, ka
+end
+
+-- Expect list: 100-continue?
+local function expect_list(s, j, e)
+  while true do
+    local a, b
+    a, b, j = list_next(s, j, e)
+    if not a then return false end
+    if b - a == 12 and is_100_continue(s, a) then return true end
+  end
+end
+
+-- Content-Length value: 1*DIGIT, at most 2^53-1; -1 if invalid.
+local function parse_length(s, o, n)
+  if n == 0 then return -1 end
+  local v = 0
+  for k = o, o + n - 1 do
+    local d = s.base[k] - 48
+    if d < 0 or d > 9 then return -1 end
+    v = v * 10 + d
+    if v > MAX_EXACT then return -1 end
+  end
+  return v
+end
+
+local function fail(req, status)
+  req.status = status
+  return -1
+end
+
+-- Out of bytes: incomplete, unless the head can no longer fit the limit.
+local function need(req, avail, max)
+  if avail >= max then
+    req.status = 431
+    return -1
+  end
+  return -2
+end
+
+---------------------------------------------------------------------------
+-- request object
+
+local R = {}
+R.__index = R
+
+function M.new_request(max_headers)
+  max_headers = max_headers or M.DEFAULT_MAX_HEADERS
+  if type(max_headers) ~= "number" or max_headers < 0 or max_headers % 1 ~= 0
+  then
+    error("new_request: max_headers must be a non-negative integer", 2)
+  end
+  local function nums()
+    local t = tnew(max_headers, 0)
+    for k = 1, max_headers do t[k] = 0 end
+    return t
+  end
+  return setmetatable({
+    status = 0,
+    max_headers = max_headers,
+    method_off = 0, method_len = 0,
+    target_off = 0, target_len = 0,
+    path_off = 0, path_len = 0,
+    query_off = 0, query_len = -1,
+    minor = 0,
+    nheaders = 0,
+    name_off = nums(), name_len = nums(),
+    value_off = nums(), value_len = nums(),
+    content_length = -1,
+    chunked = false,
+    keep_alive = false,
+    expect_continue = false,
+    host = false,
+    host_index = 0,
+  }, R)
+end
+
+-- The method, target, path (target up to '?') and query (after the first
+-- '?', nil if there is none) as sub-slices of s, the slice that was parsed.
+function R.method(req, s)
+  return s:sub(req.method_off + 1, req.method_off + req.method_len)
+end
+
+function R.target(req, s)
+  return s:sub(req.target_off + 1, req.target_off + req.target_len)
+end
+
+function R.path(req, s)
+  return s:sub(req.path_off + 1, req.path_off + req.path_len)
+end
+
+function R.query(req, s)
+  if req.query_len < 0 then return nil end
+  return s:sub(req.query_off + 1, req.query_off + req.query_len)
+end
+
+-- Method equal to str (case-sensitive, as methods are).
+function R.method_is(req, s, str)
+  check(s)
+  local n = #str
+  if req.method_len ~= n then return false end
+  local o = req.method_off
+  for k = 0, n - 1 do
+    if s.base[o + k] ~= byte(str, k + 1) then return false end
+  end
+  return true
+end
+
+function R.header_count(req)
+  return req.nheaders
+end
+
+-- Index of the first header named `name` (ASCII case-insensitive) from
+-- index init (default 1), or nil.  No allocation.
+function R.find_header(req, s, name, init)
+  check(s)
+  local n = #name
+  local noff, nlen = req.name_off, req.name_len
+  for h = init or 1, req.nheaders do
+    if nlen[h] == n and eq_nocase(s, noff[h], name, n) then return h end
+  end
+  return nil
+end
+
+-- The value of the first header named `name`, as a slice, or nil.
+function R.header(req, s, name)
+  local h = R.find_header(req, s, name)
+  if not h then return nil end
+  local o = req.value_off[h]
+  return s:sub(o + 1, o + req.value_len[h])
+end
+
+-- Name and value slices of header i (1-based), or nil.
+function R.header_at(req, s, i)
+  if type(i) ~= "number" or i < 1 or i > req.nheaders or i % 1 ~= 0 then
+    return nil
+  end
+  local no, vo = req.name_off[i], req.value_off[i]
+  return s:sub(no + 1, no + req.name_len[i]),
+    s:sub(vo + 1, vo + req.value_len[i])
+end
+
+---------------------------------------------------------------------------
+-- request head parser
+
+local VERSION = "HTTP/D.D"
+
+local function parse_request(s, req, max_hdr, off)
+  check(s)
+  local size = s.size
+  off = off or 0
+  max_hdr = max_hdr or M.DEFAULT_MAX_HEADER_BYTES
+  local avail = size - off
+  if avail < 0 then error("parse_request: offset past the end of the bytes", 2) end
+  local lim = off + (avail < max_hdr and avail or max_hdr)
+
+  req.status = 0
+  req.nheaders = 0
+  req.query_len = -1
+  req.content_length = -1
+  req.chunked = false
+  req.keep_alive = false
+  req.expect_continue = false
+  req.host = false
+  req.host_index = 0
+
+  local i = off
+  local c
+
+  -- Empty lines before the request line.  (Loops here and below test
+  -- their condition first: a loop the JIT enters but leaves at once, as a
+  -- `while true ... break` would be, stops the caller's trace.)
+  if i >= lim then return need(req, avail, max_hdr) end
+  c = s.base[i]
+  while c == CR or c == LF do
+    if c == CR then
+      if i + 1 >= lim then return need(req, avail, max_hdr) end
+      if s.base[i + 1] ~= LF then return fail(req, 400) end
+      i = i + 2
+    else
+      i = i + 1
+    end
+    if i >= lim then return need(req, avail, max_hdr) end
+    c = s.base[i]
+  end
+
+  -- method SP
+  local m0 = i
+  while band(cls[c], C_TOKEN) ~= 0 do
+    i = i + 1
+    if i >= lim then return need(req, avail, max_hdr) end
+    c = s.base[i]
+  end
+  if c ~= SP or i == m0 then return fail(req, 400) end
+  req.method_off, req.method_len = m0, i - m0
+  i = i + 1
+
+  -- request-target SP
+  if i >= lim then return need(req, avail, max_hdr) end
+  c = s.base[i]
+  local t0, q = i, -1
+  while band(cls[c], C_TARGET) ~= 0 do
+    if c == QMARK and q < 0 then q = i end
+    i = i + 1
+    if i >= lim then return need(req, avail, max_hdr) end
+    c = s.base[i]
+  end
+  if c ~= SP or i == t0 then return fail(req, 400) end
+  req.target_off, req.target_len = t0, i - t0
+  req.path_off = t0
+  if q >= 0 then
+    req.path_len = q - t0
+    req.query_off, req.query_len = q + 1, i - q - 1
+  else
+    req.path_len = i - t0
+  end
+  i = i + 1
+
+  -- HTTP-version = "HTTP/" DIGIT "." DIGIT, then the line end.  Fewer
+  -- than 8 bytes: check those there are, then ask for more.
+  if lim - i < 8 then
+    for k = 0, lim - i - 1 do
+      local x, want = s.base[i + k], byte(VERSION, k + 1)
+      if want == 68 then -- 'D': a digit
+        if x < 48 or x > 57 then return fail(req, 400) end
+      elseif x ~= want then
+        return fail(req, 400)
+      end
+    end
+    return need(req, avail, max_hdr)
+  end
+  if s.base[i] ~= 72 or s.base[i + 1] ~= 84 or s.base[i + 2] ~= 84 or
+     s.base[i + 3] ~= 80 or s.base[i + 4] ~= 47 or s.base[i + 6] ~= 46 then
+    return fail(req, 400)
+  end
+  local major, minor = s.base[i + 5] - 48, s.base[i + 7] - 48
+  if major < 0 or major > 9 or minor < 0 or minor > 9 then
+    return fail(req, 400)
+  end
+  i = i + 8
+  if i >= lim then return need(req, avail, max_hdr) end
+  c = s.base[i]
+  if c == CR then
+    i = i + 1
+    if i >= lim then return need(req, avail, max_hdr) end
+    if s.base[i] ~= LF then return fail(req, 400) end
+  elseif c ~= LF then
+    return fail(req, 400)
+  end
+  i = i + 1
+  if major ~= 1 or minor > 1 then return fail(req, 505) end
+  req.minor = minor
+
+  -- field lines
+  local nh, maxh = 0, req.max_headers
+  local noff, nlen, voff, vlen =
+    req.name_off, req.name_len, req.value_off, req.value_len
+  local cl, te, te_last_chunked, te_chunked, te_other =
+    -1, false, false, 0, false
+  local conn_close, conn_ka, expect, host = false, false, false, 0
+  if i >= lim then return need(req, avail, max_hdr) end
+  c = s.base[i]
+  while c ~= CR and c ~= LF do
+    -- field-name ":"  (leading whitespace, i.e. obs-fold, fails here too)
+    local n0 = i
+    while band(cls[c], C_TOKEN) ~= 0 do
+      i = i + 1
+      if i >= lim then return need(req, avail, max_hdr) end
+      c = s.base[i]
+    end
+    if c ~= COLON or i == n0 then return fail(req, 400) end
+    local nl = i - n0
+    i = i + 1
+
+    -- OWS field-value OWS line-end
+    if i >= lim then return need(req, avail, max_hdr) end
+    c = s.base[i]
+    if c == SP or c == HT then -- usually one space: no loop for that
+      i = i + 1
+      if i >= lim then return need(req, avail, max_hdr) end
+      c = s.base[i]
+      while c == SP or c == HT do
+        i = i + 1
+        if i >= lim then return need(req, avail, max_hdr) end
+        c = s.base[i]
+      end
+    end
+    local v0, v1 = i, i
+    while band(cls[c], C_VALUE) ~= 0 do
+      i = i + 1
+      if c ~= SP and c ~= HT then v1 = i end
+      if i >= lim then return need(req, avail, max_hdr) end
+      c = s.base[i]
+    end
+    if c == CR then
+      i = i + 1
+      if i >= lim then return need(req, avail, max_hdr) end
+      if s.base[i] ~= LF then return fail(req, 400) end
+    elseif c ~= LF then
+      return fail(req, 400)
+    end
+    i = i + 1
+
+    nh = nh + 1
+    if nh > maxh then return fail(req, 431) end
+    local vl = v1 - v0
+    noff[nh], nlen[nh], voff[nh], vlen[nh] = n0, nl, v0, vl
+
+    -- Fields that frame the message, recognised by length first.  A value
+    -- that is one element is compared whole; lists take the slow path.
+    if nl == 14 then
+      if is_content_length(s, n0) then
+        local v = parse_length(s, v0, vl)
+        if v < 0 or (cl >= 0 and v ~= cl) then return fail(req, 400) end
+        cl = v
+      end
+    elseif nl == 17 then
+      if is_transfer_encoding(s, n0) then
+        te = true
+        if vl == 7 and is_chunked(s, v0) then
+          te_chunked, te_last_chunked = te_chunked + 1, true
+        else
+          local n, last, other = te_list(s, v0, v0 + vl)
+          te_chunked, te_last_chunked = te_chunked + n, last
+          te_other = te_other or other
+        end
+      end
+    elseif nl == 10 then
+      if is_connection(s, n0) then
+        if vl == 10 and is_keep_alive(s, v0) then
+          conn_ka = true
+        elseif vl == 5 and is_close(s, v0) then
+          conn_close = true
+        else
+          local close, ka = connection_list(s, v0, v0 + vl)
+          conn_close, conn_ka = conn_close or close, conn_ka or ka
+        end
+      end
+    elseif nl == 6 then
+      if is_expect(s, n0) then
+        if (vl == 12 and is_100_continue(s, v0)) or
+           expect_list(s, v0, v0 + vl) then
+          expect = true
+        end
+      end
+    elseif nl == 4 then
+      if is_host(s, n0) then
+        if host > 0 then return fail(req, 400) end
+        host = nh
+      end
+    end
+
+    if i >= lim then return need(req, avail, max_hdr) end
+    c = s.base[i]
+  end
+
+  -- The empty line that ends the head.
+  if c == CR then
+    i = i + 1
+    if i >= lim then return need(req, avail, max_hdr) end
+    if s.base[i] ~= LF then return fail(req, 400) end
+  end
+  i = i + 1
+  req.nheaders = nh
+
+  if te then
+    if minor == 0 or cl >= 0 then return fail(req, 400) end
+    if not te_last_chunked or te_chunked > 1 then return fail(req, 400) end
+    if te_other then return fail(req, 501) end
+  end
+  if minor == 1 and host == 0 then return fail(req, 400) end
+
+  req.content_length = cl
+  req.chunked = te
+  if minor == 1 then
+    req.keep_alive = not conn_close
+  else
+    req.keep_alive = conn_ka and not conn_close
+  end
+  req.expect_continue = expect and minor == 1
+  req.host = host > 0
+  req.host_index = host
+  return i - off
+end
+
+M.parse_request = parse_request
+
+---------------------------------------------------------------------------
+-- chunked body decoder
+
+-- States.  Each names what the next byte may be.
+local S_SIZE0 = 1       -- first hex digit of a chunk size
+local S_SIZE = 2        -- more hex digits, BWS, ';' or CR
+local S_WS_SEMI = 3     -- BWS before ';'
+local S_EXT_PRE = 4     -- after ';': BWS, then an extension name
+local S_EXT_NAME = 5    -- name characters, BWS, '=', ';' or CR
+local S_EXT_NAME_WS = 6 -- BWS after a name: '=' or ';'
+local S_EXT_VAL_PRE = 7 -- after '=': BWS, then a token or a quoted string
+local S_EXT_VAL = 8     -- token characters, BWS, ';' or CR
+local S_EXT_QVAL = 9    -- inside a quoted string
+local S_EXT_QESC = 10   -- after a backslash in a quoted string
+local S_EXT_QEND = 11   -- after the closing quote: BWS, ';' or CR
+local S_SIZE_LF = 12    -- LF ending a chunk-size line
+local S_DATA = 13       -- chunk data (d.rem bytes left)
+local S_DATA_CR = 14    -- CR after chunk data
+local S_DATA_LF = 15    -- LF after chunk data
+local S_TRAILER = 16    -- start of a trailer line, or the final CR
+local S_TR_NAME = 17    -- trailer field name, then ':'
+local S_TR_VALUE = 18   -- trailer field value, then CR
+local S_TR_LF = 19      -- LF ending a trailer line
+local S_END_LF = 20     -- LF ending the body
+local S_DONE = 21
+local S_ERROR = 22
+
+local D = {}
+D.__index = D
+
+function M.new_chunked()
+  local d = setmetatable({
+    state = S_SIZE0,
+    size = 0,     -- chunk size read so far
+    rem = 0,      -- data bytes left in the current chunk
+    total = 0,    -- data bytes in the body so far (all calls)
+    line = 0,     -- bytes of the current chunk-size line
+    trailer = 0,  -- bytes of the trailer section
+    status = 0,
+    n = 0,
+    off = tnew(8, 0),
+    len = tnew(8, 0),
+  }, D)
+  for k = 1, 8 do d.off[k], d.len[k] = 0, 0 end
+  return d
+end
+
+-- Ready for the next body.
+function D.reset(d)
+  d.state, d.size, d.rem, d.total, d.line, d.trailer = S_SIZE0, 0, 0, 0, 0, 0
+  d.status, d.n = 0, 0
+end
+
+-- Data range k of the last call as a slice of s (the slice decoded).
+function D.data(d, s, k)
+  if type(k) ~= "number" or k < 1 or k > d.n or k % 1 ~= 0 then return nil end
+  local o = d.off[k]
+  return s:sub(o + 1, o + d.len[k])
+end
+
+function D.done(d)
+  return d.state == S_DONE
+end
+
+-- The decoder is written as phases in the order they occur in a chunk (data,
+-- CRLF, size, extensions, LF, then trailers), each a loop over bytes of one
+-- kind, so that the compiled traces follow stable paths.  d.state says
+-- which phase to resume in.  Every byte of a chunk-size line or of the
+-- trailer section is read after the same two checks (a byte available, the
+-- line or section under its limit), so an error is found at the same byte
+-- however the body is split.
+local function decode_chunked(s, off, d, max_body)
+  check(s)
+  local e = s.size
+  off = off or 0
+  max_body = max_body or MAX_EXACT
+  if off > e then error("decode_chunked: offset past the end of the bytes", 2) end
+  d.n = 0
+  local st = d.state
+  if st == S_DONE then return 1, 0 end
+  if st == S_ERROR then return -1, 0 end
+  local acc, rem, total, line, trailer =
+    d.size, d.rem, d.total, d.line, d.trailer
+  local doff, dlen, nr = d.off, d.len, 0
+  local j = off
+  local status = 0
+  local c, v
+
+  while true do
+    if st == S_DATA then
+      v = e - j
+      if rem < v then v = rem end
+      if v > 0 then
+        nr = nr + 1
+        doff[nr], dlen[nr] = j, v
+        j = j + v
+        rem = rem - v
+      end
+      if rem > 0 then goto out end
+      st = S_DATA_CR
+    end
+    if st == S_DATA_CR then
+      if j >= e then goto out end
+      if s.base[j] ~= CR then status = 400; goto out end
+      j = j + 1
+      st = S_DATA_LF
+    end
+    if st == S_DATA_LF then
+      if j >= e then goto out end
+      if s.base[j] ~= LF then status = 400; goto out end
+      j = j + 1
+      st = S_SIZE0
+      line = 0
+    end
+
+    -- chunk-size
+    if st == S_SIZE0 then
+      if j >= e then goto out end
+      v = hexv[s.base[j]]
+      if v < 0 then status = 400; goto out end
+      j = j + 1
+      line = line + 1
+      acc = v
+      if acc > max_body - total then status = 413; goto out end
+      st = S_SIZE
+    end
+    if st == S_SIZE then
+      if j >= e then goto out end
+      if line >= MAX_CHUNK_LINE then status = 400; goto out end
+      c = s.base[j]
+      v = hexv[c]
+      while v >= 0 do
+        j = j + 1
+        line = line + 1
+        if acc >= 562949953421312 then status = 400; goto out end -- 2^49
+        acc = acc * 16 + v
+        if acc > max_body - total then status = 413; goto out end
+        if j >= e then goto out end
+        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        c = s.base[j]
+        v = hexv[c]
+      end
+      j = j + 1
+      line = line + 1
+      if c == CR then st = S_SIZE_LF
+      elseif c == SEMI then st = S_EXT_PRE
+      elseif c == SP or c == HT then st = S_WS_SEMI
+      else status = 400; goto out end
+    end
+
+    -- chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )
+    while st >= S_WS_SEMI and st <= S_EXT_QEND do
+      if st == S_WS_SEMI then
+        if j >= e then goto out end
+        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        c = s.base[j]
+        while c == SP or c == HT do
+          j = j + 1
+          line = line + 1
+          if j >= e then goto out end
+          if line >= MAX_CHUNK_LINE then status = 400; goto out end
+          c = s.base[j]
+        end
+        if c ~= SEMI then status = 400; goto out end
+        j = j + 1
+        line = line + 1
+        st = S_EXT_PRE
+      end
+      if st == S_EXT_PRE then
+        if j >= e then goto out end
+        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        c = s.base[j]
+        while c == SP or c == HT do
+          j = j + 1
+          line = line + 1
+          if j >= e then goto out end
+          if line >= MAX_CHUNK_LINE then status = 400; goto out end
+          c = s.base[j]
+        end
+        if band(cls[c], C_TOKEN) == 0 then status = 400; goto out end
+        st = S_EXT_NAME
+      end
+      if st == S_EXT_NAME then
+        if j >= e then goto out end
+        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        c = s.base[j]
+        while band(cls[c], C_TOKEN) ~= 0 do
+          j = j + 1
+          line = line + 1
+          if j >= e then goto out end
+          if line >= MAX_CHUNK_LINE then status = 400; goto out end
+          c = s.base[j]
+        end
+        j = j + 1
+        line = line + 1
+        if c == CR then st = S_SIZE_LF
+        elseif c == EQUALS then st = S_EXT_VAL_PRE
+        elseif c == SEMI then st = S_EXT_PRE
+        elseif c == SP or c == HT then st = S_EXT_NAME_WS
+        else status = 400; goto out end
+      end
+      if st == S_EXT_NAME_WS then
+        if j >= e then goto out end
+        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        c = s.base[j]
+        while c == SP or c == HT do
+          j = j + 1
+          line = line + 1
+          if j >= e then goto out end
+          if line >= MAX_CHUNK_LINE then status = 400; goto out end
+          c = s.base[j]
+        end
+        j = j + 1
+        line = line + 1
+        if c == EQUALS then st = S_EXT_VAL_PRE
+        elseif c == SEMI then st = S_EXT_PRE
+        else status = 400; goto out end
+      end
+      if st == S_EXT_VAL_PRE then
+        if j >= e then goto out end
+        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        c = s.base[j]
+        while c == SP or c == HT do
+          j = j + 1
+          line = line + 1
+          if j >= e then goto out end
+          if line >= MAX_CHUNK_LINE then status = 400; goto out end
+          c = s.base[j]
+        end
+        if c == DQUOTE then
+          j = j + 1
+          line = line + 1
+          st = S_EXT_QVAL
+        elseif band(cls[c], C_TOKEN) ~= 0 then
+          st = S_EXT_VAL
+        else
+          status = 400; goto out
+        end
+      end
+      if st == S_EXT_VAL then
+        if j >= e then goto out end
+        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        c = s.base[j]
+        while band(cls[c], C_TOKEN) ~= 0 do
+          j = j + 1
+          line = line + 1
+          if j >= e then goto out end
+          if line >= MAX_CHUNK_LINE then status = 400; goto out end
+          c = s.base[j]
+        end
+        j = j + 1
+        line = line + 1
+        if c == CR then st = S_SIZE_LF
+        elseif c == SEMI then st = S_EXT_PRE
+        elseif c == SP or c == HT then st = S_WS_SEMI
+        else status = 400; goto out end
+      end
+      -- quoted-string: qdtext and quoted-pairs up to the closing quote
+      while st == S_EXT_QVAL or st == S_EXT_QESC do
+        if j >= e then goto out end
+        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        c = s.base[j]
+        j = j + 1
+        line = line + 1
+        if st == S_EXT_QESC then
+          if band(cls[c], C_VALUE) == 0 then status = 400; goto out end
+          st = S_EXT_QVAL
+        elseif c == DQUOTE then
+          st = S_EXT_QEND
+        elseif c == BSLASH then
+          st = S_EXT_QESC
+        elseif band(cls[c], C_QTEXT) == 0 then
+          status = 400; goto out
+        end
+      end
+      if st == S_EXT_QEND then
+        if j >= e then goto out end
+        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        c = s.base[j]
+        j = j + 1
+        line = line + 1
+        if c == CR then st = S_SIZE_LF
+        elseif c == SEMI then st = S_EXT_PRE
+        elseif c == SP or c == HT then st = S_WS_SEMI
+        else status = 400; goto out end
+      end
+    end
+
+    if st == S_SIZE_LF then
+      if j >= e then goto out end
+      if line >= MAX_CHUNK_LINE then status = 400; goto out end
+      if s.base[j] ~= LF then status = 400; goto out end
+      j = j + 1
+      line = 0
+      if acc > 0 then
+        rem = acc
+        total = total + acc
+        acc = 0
+        st = S_DATA
+      else
+        st = S_TRAILER
+      end
+    end
+
+    -- trailer-section = *( field-line CRLF ) CRLF.  Usually empty: the
+    -- final CRLF is read here, outside the loop.
+    if st == S_TRAILER and j < e and trailer < MAX_TRAILER_BYTES
+       and s.base[j] == CR then
+      j = j + 1
+      trailer = trailer + 1
+      st = S_END_LF
+    end
+    if st == S_END_LF and j < e and trailer < MAX_TRAILER_BYTES then
+      if s.base[j] ~= LF then status = 400; goto out end
+      j = j + 1
+      trailer = trailer + 1
+      st = S_DONE
+      goto out
+    end
+    while st >= S_TRAILER and st <= S_END_LF do
+      if st == S_TRAILER then
+        if j >= e then goto out end
+        if trailer >= MAX_TRAILER_BYTES then status = 400; goto out end
+        c = s.base[j]
+        j = j + 1
+        trailer = trailer + 1
+        if c == CR then st = S_END_LF
+        elseif band(cls[c], C_TOKEN) ~= 0 then st = S_TR_NAME
+        else status = 400; goto out end
+      end
+      if st == S_TR_NAME then
+        while true do
+          if j >= e then goto out end
+          if trailer >= MAX_TRAILER_BYTES then status = 400; goto out end
+          c = s.base[j]
+          if band(cls[c], C_TOKEN) == 0 then break end
+          j = j + 1
+          trailer = trailer + 1
+        end
+        if c ~= COLON then status = 400; goto out end
+        j = j + 1
+        trailer = trailer + 1
+        st = S_TR_VALUE
+      end
+      if st == S_TR_VALUE then
+        while true do
+          if j >= e then goto out end
+          if trailer >= MAX_TRAILER_BYTES then status = 400; goto out end
+          c = s.base[j]
+          if band(cls[c], C_VALUE) == 0 then break end
+          j = j + 1
+          trailer = trailer + 1
+        end
+        if c ~= CR then status = 400; goto out end
+        j = j + 1
+        trailer = trailer + 1
+        st = S_TR_LF
+      end
+      if st == S_TR_LF or st == S_END_LF then
+        if j >= e then goto out end
+        if trailer >= MAX_TRAILER_BYTES then status = 400; goto out end
+        if s.base[j] ~= LF then status = 400; goto out end
+        j = j + 1
+        trailer = trailer + 1
+        if st == S_END_LF then
+          st = S_DONE
+          goto out
+        end
+        st = S_TRAILER
+      end
+    end
+  end
+
+  ::out::
+  d.n = nr
+  d.size, d.rem, d.total, d.line, d.trailer = acc, rem, total, line, trailer
+  if status ~= 0 then
+    d.state, d.status = S_ERROR, status
+    return -1, j - off
+  end
+  d.state = st
+  if st == S_DONE then return 1, j - off end
+  return 0, j - off
+end
+
+M.decode_chunked = decode_chunked
+
+---------------------------------------------------------------------------
+
+function M.selftest()
+  local buf = ffi.new("uint8_t[?]", 256)
+  local function mk(str)
+    ffi.copy(buf, str, #str)
+    return slice.new(buf, #str)
+  end
+  local req = M.new_request(8)
+  local raw = "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection:  close \r\n\r\nrest"
+  local s = mk(raw)
+  assert(parse_request(s, req, 1024) == #raw - 4)
+  assert(req:method_is(s, "GET") and req:path(s):eq("/a"))
+  assert(req:query(s):eq("b=1") and req.minor == 1 and not req.keep_alive)
+  assert(req:header(s, "CONNECTION"):eq("close") and req:header_count() == 2)
+  assert(req.content_length == -1 and not req.chunked)
+  s = mk(raw:sub(1, 30))
+  assert(parse_request(s, req, 1024) == -2)
+  assert(parse_request(s, req, 20) == -1 and req.status == 431)
+  s = mk("GET / HTTP/2.0\r\n\r\n")
+  assert(parse_request(s, req) == -1 and req.status == 505)
+  s = mk("GET / HTTP/1.1\r\nHost : x\r\n\r\n")
+  assert(parse_request(s, req) == -1 and req.status == 400)
+
+  local d = M.new_chunked()
+  raw = "4;x=y\r\nWiki\r\n5\r\npedia\r\n0\r\nT: v\r\n\r\nNEXT"
+  s = mk(raw)
+  local st, used = decode_chunked(s, 0, d, 100)
+  assert(st == 1 and used == #raw - 4 and d.n == 2 and d.total == 9)
+  assert(d:data(s, 1):eq("Wiki") and d:data(s, 2):eq("pedia"))
+  d:reset()
+  st, used = decode_chunked(mk("4\r\nWi"), 0, d, 100)
+  assert(st == 0 and used == 5 and d.n == 1 and d.len[1] == 2)
+  d:reset()
+  st = decode_chunked(mk("zz\r\n"), 0, d, 100)
+  assert(st == -1 and d.status == 400)
+  d:reset()
+  st = decode_chunked(mk("65\r\n"), 0, d, 100)
+  assert(st == -1 and d.status == 413)
+  return true
+end
+
+return M

@@ -1,0 +1,245 @@
+-- proxy.lua: a TCP proxy / load balancer: any protocol, bytes forwarded zero-copy.
+--
+-- Settings (environment, read when the script loads):
+--   RINGLINE_PROXY_LISTEN     default tcp://0.0.0.0:7100
+--   RINGLINE_PROXY_UPSTREAMS  comma-separated addresses (required), e.g.
+--                             "tcp://127.0.0.1:6379,tcp://127.0.0.1:6380"
+--   RINGLINE_PROXY_BALANCE    "roundrobin" (default) or "leastconn"
+--   RINGLINE_PROXY_CONNECT_TIMEOUT  ms (default 2000)
+--   RINGLINE_PROXY_IDLE_TIMEOUT     ms, 0 = none (default 300000)
+--   RINGLINE_PROXY_DOWN_TIME        ms an upstream stays down after a failed
+--                                   connect (default 5000)
+--   RINGLINE_PROXY_CHECK_INTERVAL   ms between active health checks (a
+--                                   connect), 0 = off (default 2000)
+--
+-- Each client connection gets one upstream connection.  Bytes go both ways
+-- as received slices (no copy); when one side's unsent bytes pass the high
+-- water mark, the other side stops reading until it drains.  A half-close
+-- on either side is passed on; the pair closes when both directions are
+-- done.  A refused or timed-out connect marks the upstream down and is
+-- retried on the next one; a client is closed only if every upstream fails.
+local ringline = require "ringline"
+local buffer = require "string.buffer"
+
+local function env(name, default)
+  local v = os.getenv(name)
+  if v == nil or v == "" then return default end
+  return v
+end
+
+local function env_ms(name, default)
+  local v = tonumber(env(name, default))
+  if not v or v < 0 then error(name .. " must be a number of milliseconds", 0) end
+  return v
+end
+
+local LISTEN = env("RINGLINE_PROXY_LISTEN", "tcp://0.0.0.0:7100")
+local BALANCE = env("RINGLINE_PROXY_BALANCE", "roundrobin")
+local CONNECT_TIMEOUT = env_ms("RINGLINE_PROXY_CONNECT_TIMEOUT", 2000)
+local IDLE_TIMEOUT = env_ms("RINGLINE_PROXY_IDLE_TIMEOUT", 300000)
+local DOWN_TIME = env_ms("RINGLINE_PROXY_DOWN_TIME", 5000)
+local CHECK_INTERVAL = env_ms("RINGLINE_PROXY_CHECK_INTERVAL", 2000)
+local HIGH_WATER = 1024 * 1024
+
+if BALANCE ~= "roundrobin" and BALANCE ~= "leastconn" then
+  error("RINGLINE_PROXY_BALANCE must be roundrobin or leastconn", 0)
+end
+
+local upstreams = {}
+for addr in env("RINGLINE_PROXY_UPSTREAMS", ""):gmatch("[^,%s]+") do
+  upstreams[#upstreams + 1] = { addr = addr, active = 0, down_until = 0,
+                                failures = 0 }
+end
+if #upstreams == 0 then
+  error("RINGLINE_PROXY_UPSTREAMS is not set (comma-separated addresses)", 0)
+end
+
+local rr = 0
+
+-- The next upstream that is up, skipping those already tried for this
+-- client; nil when none is left.
+local function pick(tried)
+  local now = ringline.now_ms()
+  local best
+  for k = 1, #upstreams do
+    local i = (rr + k - 1) % #upstreams + 1
+    local u = upstreams[i]
+    if not tried[u] and u.down_until <= now then
+      if BALANCE == "roundrobin" then
+        rr = i
+        return u
+      end
+      if not best or u.active < best.active then best = u end
+    end
+  end
+  if best then return best end
+  -- Every upstream is marked down: try the ones not tried yet anyway,
+  -- rather than refuse a client on stale health information.
+  for _, u in ipairs(upstreams) do
+    if not tried[u] then return u end
+  end
+end
+
+local function mark_down(u, reason)
+  u.failures = u.failures + 1
+  if u.down_until <= ringline.now_ms() then
+    ringline.warn(("upstream %s down for %d ms: %s"):format(u.addr, DOWN_TIME,
+      reason))
+  end
+  u.down_until = ringline.now_ms() + DOWN_TIME
+end
+
+local function mark_up(u)
+  if u.down_until > ringline.now_ms() then
+    ringline.info(("upstream %s is up"):format(u.addr))
+  end
+  u.down_until, u.failures = 0, 0
+end
+
+-- Forward a slice; pause the source while the destination is backed up.
+local function forward(src, dst, data)
+  dst:send(data)
+  if dst:unsent() > HIGH_WATER then src:pause() end
+end
+
+local connect_upstream
+
+-- Handlers of the upstream side; the client is in up.state.client.
+local upstream_handlers = {
+  on_open = function(up)
+    local st = up.state
+    st.connected = true
+    mark_up(st.u)
+    local client = st.client
+    if client.closed then up:close() return end
+    local cs = client.state
+    cs.up, cs.pending, cs.early = up, nil, nil
+    client:resume()
+  end,
+  on_data = function(up, data)
+    local client = up.state.client
+    if client.closed then up:close() return #data end
+    forward(up, client, data)
+    return #data
+  end,
+  on_eof = function(up)
+    -- The upstream finished sending: pass the half-close on.
+    local client = up.state.client
+    up.state.eof = true
+    if not client.closed then client:shutdown() end
+    if client.state.eof or client.closed then up:close() end
+  end,
+  on_drain = function(up)
+    local client = up.state.client
+    if not client.closed then client:resume() end
+  end,
+  on_close = function(up, reason)
+    local st = up.state
+    st.u.active = st.u.active - 1
+    local client = st.client
+    if not st.connected then
+      -- Refused, unreachable or timed out: try another upstream.
+      mark_down(st.u, reason)
+      if not client.closed then connect_upstream(client) end
+      return
+    end
+    if not client.closed then
+      if st.eof then client:close() else client:abort() end
+    end
+  end,
+}
+
+function connect_upstream(client)
+  local cs = client.state
+  local u = pick(cs.tried)
+  if not u then
+    ringline.warn(("conn %d: no upstream reachable, closing"):format(client.id))
+    client:abort()
+    return
+  end
+  cs.tried[u] = true
+  local up, err = ringline.connect(u.addr, upstream_handlers,
+    { timeout = CONNECT_TIMEOUT })
+  if not up then
+    mark_down(u, err)
+    return connect_upstream(client)
+  end
+  u.active = u.active + 1
+  up.state.client, up.state.u = client, u
+  cs.pending = up
+  -- What the client sent while earlier attempts failed goes first; sends
+  -- queue until the connect completes, and so does a half-close.
+  if cs.early and #cs.early > 0 then up:send(cs.early:tostring()) end
+  if cs.eof then up:shutdown() end
+end
+
+-- Active health checks: a connect to each upstream that is down.
+local function health_check()
+  for _, u in ipairs(upstreams) do
+    if u.down_until > ringline.now_ms() then
+      ringline.connect(u.addr, {
+        on_open = function(c) mark_up(u) c:close() end,
+        on_data = function(c, data) return #data end,
+        on_close = function() end,
+      }, { timeout = CONNECT_TIMEOUT })
+    end
+  end
+end
+
+return {
+  listen = LISTEN,
+
+  init = function()
+    if CHECK_INTERVAL > 0 then ringline.every(CHECK_INTERVAL, health_check) end
+  end,
+
+  on_open = function(client)
+    if IDLE_TIMEOUT > 0 then client:set_timeout(IDLE_TIMEOUT) end
+    client.state.tried = {}
+    connect_upstream(client)
+  end,
+
+  on_data = function(client, data)
+    local cs = client.state
+    local up = cs.up
+    if up then
+      if up.closed then return #data end
+      forward(client, up, data)
+      return #data
+    end
+    local pending = cs.pending
+    if not pending then return #data end   -- no upstream left: closing
+    -- Still connecting: queue on the upstream, and keep a copy in case
+    -- this upstream fails and another must get the same bytes.
+    cs.early = cs.early or buffer.new()
+    cs.early:put(tostring(data))
+    pending:send(data)
+    if #cs.early > HIGH_WATER then client:pause() end
+    return #data
+  end,
+
+  on_eof = function(client)
+    local cs = client.state
+    cs.eof = true
+    local up = cs.up or cs.pending
+    if up and not up.closed then
+      up:shutdown()
+      if up.state.eof then client:close() end
+    elseif not up then
+      client:close()
+    end
+  end,
+
+  on_drain = function(client)
+    local up = client.state.up
+    if up and not up.closed then up:resume() end
+  end,
+
+  on_close = function(client)
+    local cs = client.state
+    local up = cs.up or cs.pending
+    if up and not up.closed then
+      if cs.eof then up:close() else up:abort() end
+    end
+  end,
+}
