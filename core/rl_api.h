@@ -144,7 +144,11 @@ void rl_worker_wake_at(rl_worker *w, uint64_t ns);
  * (compile, top level, init, reload(old)) and vote.  Blocks until all
  * workers voted or the vote timed out; returns 1 when every worker succeeded
  * and all switch to the new code, 0 when all keep the old code. */
-int rl_reload_vote(rl_worker *w, int ok);
+int rl_reload_vote(rl_worker *w, int ok, uint64_t round);
+/* The round in progress: read it before loading, pass it to the vote.  A
+ * vote for an older round is not counted (the code loaded may predate the
+ * newer round's change); the newer round's event arrives too. */
+uint64_t rl_reload_round(rl_worker *w);
 
 /* -- Worker facts -------------------------------------------------------- */
 

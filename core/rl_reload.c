@@ -69,7 +69,18 @@ static void decide(struct rl_reload *r, int decision, const char *why)
 		       "old code (%.2f ms)", (unsigned long long)r->round, why, ms);
 }
 
-int rl_reload_vote(rl_worker *w, int ok)
+uint64_t rl_reload_round(rl_worker *w)
+{
+	struct rl_reload *r = &w->shared->reload;
+	uint64_t round;
+
+	pthread_mutex_lock(&r->lock);
+	round = r->round;
+	pthread_mutex_unlock(&r->lock);
+	return round;
+}
+
+int rl_reload_vote(rl_worker *w, int ok, uint64_t round)
 {
 	struct rl_reload *r = &w->shared->reload;
 	struct timespec ts;
@@ -77,6 +88,11 @@ int rl_reload_vote(rl_worker *w, int ok)
 	int decision;
 
 	pthread_mutex_lock(&r->lock);
+	if (round != r->round) {
+		/* Loaded for a round that is over: not this round's code. */
+		pthread_mutex_unlock(&r->lock);
+		return 0;
+	}
 	/* One vote per worker per round, even if its events come late. */
 	if (r->decision < 0 && w->voted_round != r->round) {
 		w->voted_round = r->round;

@@ -73,8 +73,10 @@ end
 local function idle_check(t)
   local c = t.conn
   if c.closed or c._idle_ms == 0 then return end
-  local due = c._last + c._idle_ms
   local now = timer.now_ms()
+  -- Still sending to a slow reader is not idle.
+  if C.rl_conn_unsent(W, c._idx, c._gen) > 0 then c._last = now end
+  local due = c._last + c._idle_ms
   if now >= due then
     C.rl_conn_close(W, c._idx, c._gen, C.RL_CLOSE_TIMEOUT, 0)
   else

@@ -136,9 +136,10 @@ local function run(w, svc, script)
   -- unconsumed bytes and queued sends are untouched either way.
   local function reload()
     timer.set_owner(version + 1)
+    local round = C.rl_reload_round(w)
     local new, undo = load_version(script, svc)
     if not new then ringline.error("reload failed: " .. tostring(undo)) end
-    local ok = C.rl_reload_vote(w, new and 1 or 0) == 1
+    local ok = C.rl_reload_vote(w, new and 1 or 0, round) == 1
     -- Periodic timers of the version that lost go; see ringline.timer.
     timer.cancel_owner(ok and version or version + 1)
     if not ok then

@@ -285,8 +285,13 @@ local function on_data(self, conn, data)
     if not keep then return total end
   end
   -- Idle keep-alive connections are closed by the connection's timeout;
-  -- a request started but not complete has its own deadline.
+  -- a request started but not complete has its own deadline, counted from
+  -- its first byte: a new partial request after a complete one restarts it.
   if off < total then
+    if st.req_timer and off > 0 then
+      st.req_timer:cancel()
+      st.req_timer = nil
+    end
     if not st.req_timer then start_request_timer(self, conn, st) end
   elseif st.req_timer then
     st.req_timer:cancel()
