@@ -25,6 +25,7 @@
 #include "rl_worker.h"
 
 #define RL_VERSION "0.1.0"
+#define RL_DICT_DEFAULT_MEMORY (64u << 20)
 
 const char *rl_version(void)
 {
@@ -270,6 +271,7 @@ int main(int argc, char **argv)
 	static struct rl_shared sh;
 	char err[1024], lua_dir[PATH_MAX], script_listen[RL_MAX_LISTEN][128];
 	int nscript = 0, ret, status = 0;
+	size_t script_dict = 0;
 	struct rl_worker *ws;
 	struct rl_watch watch = { .fd = -1 };
 	sigset_t set;
@@ -304,7 +306,8 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 		if (rl_lua_check(lua_dir, cfg.script, script_listen,
-				 RL_MAX_LISTEN, &nscript, err, sizeof(err))) {
+				 RL_MAX_LISTEN, &nscript, &script_dict, err,
+				 sizeof(err))) {
 			fprintf(stderr, "ringline: %s\n", err);
 			return EXIT_USAGE;
 		}
@@ -319,6 +322,13 @@ int main(int argc, char **argv)
 	sh.cfg = &cfg;
 	sh.nworkers = cfg.workers;
 	rl_reload_init(&sh.reload, cfg.workers);
+	/* Allocated as it fills: the limit costs nothing until used. */
+	sh.dict = rl_dict_new(cfg.dict_memory ? cfg.dict_memory :
+			      script_dict ? script_dict : RL_DICT_DEFAULT_MEMORY, 64);
+	if (!sh.dict) {
+		fprintf(stderr, "ringline: cannot create the shared dictionary\n");
+		return 1;
+	}
 	if (cfg.watch && rl_watch_open(&watch, cfg.script, err, sizeof(err))) {
 		fprintf(stderr, "ringline: %s\n", err);
 		return EXIT_USAGE;
@@ -369,6 +379,7 @@ int main(int argc, char **argv)
 	}
 	free(ws);
 	close_unix_listeners(&sh);
+	rl_dict_free(sh.dict);
 	rl_watch_close(&watch);
 	if (!status)
 		rl_info(-1, "stopped");

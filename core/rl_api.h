@@ -13,6 +13,9 @@
 #include <stdint.h>
 #endif
 
+/* The shared dictionary's declarations join the cdef from their header. */
+#include "rl_dict.h"
+
 typedef struct rl_worker rl_worker;
 
 /* What a worker hands Lua in each batch, in the order the kernel completed
@@ -99,6 +102,12 @@ int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed);
 int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
 		 size_t len, int32_t bid);
 
+/* Queue len bytes of a dictionary value from off: large values go out
+ * without a copy (the blob stays referenced until sent), small ones are
+ * copied with the rest of the reply. */
+int rl_conn_send_blob(rl_worker *w, uint32_t conn, uint32_t gen, rl_blob *b,
+		      size_t off, size_t len);
+
 /* Close after queued sends finish (graceful), or at once if abort.
  * reason is an RL_CLOSE_* value reported in the CLOSE event. */
 int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
@@ -149,6 +158,13 @@ int rl_reload_vote(rl_worker *w, int ok, uint64_t round);
  * vote for an older round is not counted (the code loaded may predate the
  * newer round's change); the newer round's event arrives too. */
 uint64_t rl_reload_round(rl_worker *w);
+
+/* -- Shared dictionary ---------------------------------------------------- */
+
+/* The process's dictionary (--dict-memory), shared by every worker. */
+rl_dict *rl_shared_dict(rl_worker *w);
+/* Wall clock in ms since the epoch, for expiry times. */
+int64_t rl_unix_ms(void);
 
 /* -- Worker facts -------------------------------------------------------- */
 

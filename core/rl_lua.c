@@ -99,7 +99,8 @@ static int push_module_fn(lua_State *L, const char *mod, const char *fn,
 }
 
 int rl_lua_check(const char *lua_dir, const char *script, char listen[][128],
-		 int max, int *nlisten, char *err, size_t len)
+		 int max, int *nlisten, size_t *dict_memory, char *err,
+		 size_t len)
 {
 	lua_State *L = new_state(lua_dir, script);
 	int ret = -1;
@@ -131,6 +132,11 @@ int rl_lua_check(const char *lua_dir, const char *script, char listen[][128],
 			lua_pop(L, 1);
 		}
 	}
+	lua_pop(L, 1);
+	/* dict_memory: bytes for the shared dictionary (--dict-memory wins). */
+	lua_getfield(L, -1, "dict_memory");
+	if (lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
+		*dict_memory = (size_t)lua_tonumber(L, -1);
 	ret = 0;
 out:
 	lua_close(L);

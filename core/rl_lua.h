@@ -14,7 +14,8 @@ int rl_lua_find_dir(char *out, size_t len);
 /* Load the script in a scratch state, as every worker will, and return the
  * listen addresses it declares.  0, or -1 with the reason in err. */
 int rl_lua_check(const char *lua_dir, const char *script, char listen[][128],
-		 int max, int *nlisten, char *err, size_t errlen);
+		 int max, int *nlisten, size_t *dict_memory, char *err,
+		 size_t errlen);
 
 /* Give the worker its state, load the script and run its init().
  * 0, or -1 with the reason in err. */

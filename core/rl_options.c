@@ -28,6 +28,8 @@ static const char usage[] =
 "      --log-level LEVEL    error, warn, info or debug (default info)\n"
 "      --builtin echo       serve with the C echo handler, no Lua (a baseline)\n"
 "      --check              load the script in a scratch state and exit\n"
+"      --dict-memory BYTES  memory of the shared dictionary (default: the\n"
+"                           script's dict_memory, else 64m)\n"
 "      --watch              reload when a .lua file in the script's directory\n"
 "                           (or a subdirectory) changes; SIGHUP also reloads\n"
 "  -h, --help               this text\n"
@@ -107,7 +109,7 @@ static int num(const char *opt, const char *arg, uint64_t lo, uint64_t hi,
 
 enum {
 	OPT_HIGH = 256, OPT_LOW, OPT_UNCONSUMED, OPT_DRAIN, OPT_PIN,
-	OPT_LOGLEVEL, OPT_BUILTIN, OPT_CHECK, OPT_WATCH,
+	OPT_LOGLEVEL, OPT_BUILTIN, OPT_CHECK, OPT_WATCH, OPT_DICT,
 };
 
 static const struct option longopts[] = {
@@ -125,6 +127,7 @@ static const struct option longopts[] = {
 	{ "builtin", required_argument, NULL, OPT_BUILTIN },
 	{ "check", no_argument, NULL, OPT_CHECK },
 	{ "watch", no_argument, NULL, OPT_WATCH },
+	{ "dict-memory", required_argument, NULL, OPT_DICT },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -200,6 +203,11 @@ static int set_option(struct rl_config *cfg, int opt, const char *arg,
 	case OPT_WATCH:
 		cfg->watch = 1;
 		return 0;
+	case OPT_DICT:
+		if (!(ret = num("dict-memory", arg, 1u << 20, 1ull << 40, &v, err,
+				len)))
+			cfg->dict_memory = v;
+		break;
 	}
 	return ret;
 }

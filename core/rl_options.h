@@ -24,6 +24,7 @@ struct rl_config {
 	int pin;                  /* pin worker i to CPU i */
 	int check_only;           /* --check: load the script and exit */
 	int watch;                /* --watch: reload when the script changes */
+	size_t dict_memory;       /* shared dictionary limit; 0 = script's/default */
 	const char *builtin;      /* "echo": C handler, no script */
 };
 

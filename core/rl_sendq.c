@@ -104,7 +104,7 @@ int rl_sendq_push_copy(struct rl_sendq *q, struct rl_chunkpool *pool,
 
 	if (q->count) {
 		t = seg_at(q, q->count - 1);
-		if (t->bid < 0 && t->len < t->cap) {
+		if (t->bid == RL_SEG_CHUNK && t->len < t->cap) {
 			size_t n = t->cap - t->len < len ? t->cap - t->len : len;
 
 			memcpy(t->base + t->len, src, n);
@@ -127,7 +127,30 @@ int rl_sendq_push_copy(struct rl_sendq *q, struct rl_chunkpool *pool,
 	memcpy(t->base, src, len);
 	t->off = 0;
 	t->len = (uint32_t)len;
-	t->bid = -1;
+	t->bid = RL_SEG_CHUNK;
+	t->blob = NULL;
+	q->bytes += len;
+	return 0;
+}
+
+int rl_sendq_push_blob(struct rl_sendq *q, rl_blob *b, size_t off, size_t len)
+{
+	struct rl_sendseg *t;
+
+	if (!len)
+		return 0;
+	if (off + len > b->len || len > UINT32_MAX)
+		return -EINVAL;
+	t = seg_push(q);
+	if (!t)
+		return -ENOMEM;
+	rl_blob_ref(b);
+	t->base = b->data + off;
+	t->off = 0;
+	t->len = (uint32_t)len;
+	t->cap = 0;
+	t->bid = RL_SEG_BLOB;
+	t->blob = b;
 	q->bytes += len;
 	return 0;
 }
@@ -161,6 +184,7 @@ int rl_sendq_push_ref(struct rl_sendq *q, struct rl_bufring *br,
 	t->len = (uint32_t)len;
 	t->cap = 0;
 	t->bid = bid;
+	t->blob = NULL;
 	q->bytes += len;
 	return 0;
 }
@@ -189,6 +213,8 @@ static void seg_release(struct rl_sendseg *s, struct rl_chunkpool *pool,
 {
 	if (s->bid >= 0)
 		rl_bufring_unref(br, (uint32_t)s->bid);
+	else if (s->bid == RL_SEG_BLOB)
+		rl_blob_unref(s->blob);
 	else
 		chunk_put(pool, s->base, s->cap);
 }
@@ -235,7 +261,7 @@ int rl_sendq_detach(struct rl_sendq *q, struct rl_chunkpool *pool,
 		uint8_t *copy;
 
 		if (s->bid < 0)
-			continue;
+			continue;       /* chunks and blobs hold no ring buffer */
 		/* Exact size: this only happens for slow readers, and the
 		 * copy must not be appended to (it sits mid-queue). */
 		copy = malloc(n ? n : 1);
@@ -247,7 +273,7 @@ int rl_sendq_detach(struct rl_sendq *q, struct rl_chunkpool *pool,
 		s->off = 0;
 		s->len = n;
 		s->cap = n;
-		s->bid = -1;
+		s->bid = RL_SEG_CHUNK;
 	}
 	return 0;
 }

@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 
 #include "rl_bufring.h"
+#include "rl_dict.h"
 
 #define RL_SENDQ_INLINE 4
 #define RL_CHUNK_SIZE 4096
@@ -25,12 +26,16 @@ struct rl_chunkpool {
 	uint32_t max;
 };
 
+#define RL_SEG_CHUNK (-1)    /* bid of an owned chunk */
+#define RL_SEG_BLOB (-2)     /* bid of a range of a dictionary value */
+
 struct rl_sendseg {
 	uint8_t *base;
 	uint32_t off;      /* bytes already sent */
 	uint32_t len;      /* bytes queued */
 	uint32_t cap;      /* chunk capacity; 0 for a ring buffer range */
-	int32_t bid;       /* ring buffer leased, or -1 for an owned chunk */
+	int32_t bid;       /* ring buffer leased, RL_SEG_CHUNK or RL_SEG_BLOB */
+	rl_blob *blob;     /* RL_SEG_BLOB: the value this segment holds a ref on */
 };
 
 struct rl_sendq {
@@ -52,6 +57,9 @@ int rl_sendq_push_copy(struct rl_sendq *q, struct rl_chunkpool *pool,
 /* Queue len bytes of ring buffer bid without copying; takes a lease. */
 int rl_sendq_push_ref(struct rl_sendq *q, struct rl_bufring *br,
 		      const void *p, size_t len, int32_t bid);
+/* Queue len bytes of a dictionary value without copying; takes a ref on
+ * the blob until they are sent. */
+int rl_sendq_push_blob(struct rl_sendq *q, rl_blob *b, size_t off, size_t len);
 /* Fill iov with up to max pieces from the front; returns pieces. */
 int rl_sendq_iov(const struct rl_sendq *q, struct iovec *iov, int max,
 		 size_t *bytes);

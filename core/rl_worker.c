@@ -860,6 +860,44 @@ int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
 	return 0;
 }
 
+/* Below this a copy into the reply's chunk is cheaper than a segment. */
+#define BLOB_COPY_MAX 512
+
+int rl_conn_send_blob(rl_worker *w, uint32_t conn, uint32_t gen, rl_blob *b,
+		      size_t off, size_t len)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+	int ret;
+
+	if (unlikely(!c || (c->state != RL_CONN_OPEN &&
+			    c->state != RL_CONN_CONNECTING) ||
+		     c->close_req || c->aborting || c->wr_shut_req))
+		return -EPIPE;
+	if (off > b->len || len > b->len - off)
+		return -EINVAL;
+	if (len <= BLOB_COPY_MAX)
+		ret = rl_sendq_push_copy(&c->sq, &w->pool, b->data + off, len);
+	else
+		ret = rl_sendq_push_blob(&c->sq, b, off, len);
+	if (unlikely(ret))
+		return ret;
+	queue_work(w, c, conn);
+	return 0;
+}
+
+rl_dict *rl_shared_dict(rl_worker *w)
+{
+	return w->shared->dict;
+}
+
+int64_t rl_unix_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 		  int abort)
 {

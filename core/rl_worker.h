@@ -31,6 +31,7 @@ struct rl_shared {
 	/* Unix sockets cannot be spread by SO_REUSEPORT: main binds each one
 	 * once and every worker accepts on a dup of it. */
 	int unix_fds[RL_MAX_LISTEN];
+	rl_dict *dict;              /* --dict-memory, shared by all workers */
 	struct rl_reload reload;
 };
 

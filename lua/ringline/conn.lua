@@ -46,6 +46,18 @@ function methods.send(c, x)
   return true
 end
 
+-- Queue a dictionary value (an rl_blob from dict:get_blob), bytes off..off+len
+-- (default: all): large values go out without a copy, the send holding its
+-- own reference; the caller still releases its own.
+function methods.send_value(c, b, off, len)
+  if c.closed then return nil, "closed" end
+  off = off or 0
+  len = len or b.len - off
+  local ret = C.rl_conn_send_blob(W, c._idx, c._gen, b, off, len)
+  if ret ~= 0 then return send_error(ret) end
+  return true
+end
+
 -- Queue n bytes at an FFI pointer (copied once), e.g. a string.buffer's
 -- ref(): lets a response be built without making a Lua string.
 function methods.send_ptr(c, p, n)
@@ -142,6 +154,8 @@ local mt = {
 
 -- Live connections of this worker by slot: the loop dispatches through it.
 M.live = {}
+
+function M._worker() return W end
 
 function M.bind(w)
   W = w
