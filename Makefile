@@ -9,8 +9,10 @@ PKGS := liburing luajit
 # libluajit-5.1-dev: it conflicts with libnginx-mod-http-lua (HTTP bench).
 DEPS_BUILD := gcc make pkg-config liburing-dev libluajit2-5.1-dev luajit2 \
 	libcmocka-dev
-DEPS_TEST := python3 procps util-linux
+DEPS_TEST := python3 procps util-linux curl redis-server redis-tools
 DEPS := $(DEPS_BUILD) $(DEPS_TEST)
+# The peers the benchmarks compare against, installed by `make bench`.
+DEPS_BENCH := wrk nginx-light libnginx-mod-http-lua haproxy memcached
 
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
@@ -29,14 +31,20 @@ CDEF := lua/ringline/cdef.lua
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 BENCH_TOOLS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.c))
 
-.PHONY: all deps run test unit lua-test integration asan asan-test bench \
+.PHONY: all deps bench-deps install-pkgs run test unit lua-test integration asan asan-test bench \
 	install clean
 
 all: deps $(BUILD)/ringline $(CDEF)
 
 # Install what is missing, by Debian package name; quiet when all is there.
 deps:
-	@missing=""; for p in $(DEPS); do \
+	@$(MAKE) -s install-pkgs PKGS_WANTED="$(DEPS)"
+
+bench-deps:
+	@$(MAKE) -s install-pkgs PKGS_WANTED="$(DEPS) $(DEPS_BENCH)"
+
+install-pkgs:
+	@missing=""; for p in $(PKGS_WANTED); do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "make deps: installing$$missing"; \
@@ -105,8 +113,11 @@ $(BUILD)/bench/%: tests/bench/%.c
 	@mkdir -p $(BUILD)/bench
 	$(CC) -O2 -g -std=gnu11 -Wall -Wextra -o $@ $<
 
-bench: all $(BENCH_TOOLS)
+bench: bench-deps all $(BENCH_TOOLS)
 	bash tests/bench/bench_echo.sh $(BUILD)
+	bash tests/bench/bench_http.sh $(BUILD)
+	python3 tests/bench/bench_reload.py $(BUILD)
+	bash tests/bench/bench_proxy.sh $(BUILD)
 
 # -- Install ------------------------------------------------------------------
 install: all

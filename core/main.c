@@ -221,6 +221,9 @@ static void serve_signals(struct rl_shared *sh, struct rl_worker *ws, int n,
 				(int)((wt->due_ns - now) / 1000000) + 1 : 0;
 		if (pending && (timeout < 0 || timeout > 50))
 			timeout = 50;
+		/* A round nobody can decide ends at its deadline. */
+		if (rl_reload_expire(&sh->reload) && (timeout < 0 || timeout > 250))
+			timeout = 250;
 		if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
 			break;
 		now = rl_now_ns();

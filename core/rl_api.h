@@ -133,6 +133,11 @@ int rl_conn_pause(rl_worker *w, uint32_t conn, uint32_t gen, int pause);
  * down; off (the default), EOF closes once every answer is sent. */
 int rl_conn_set_eof_event(rl_worker *w, uint32_t conn, uint32_t gen, int on);
 
+/* When the connection last received or finished sending bytes
+ * (CLOCK_MONOTONIC ms, at the granularity of a loop iteration): what idle
+ * timeouts measure. */
+double rl_conn_last_active_ms(rl_worker *w, uint32_t conn, uint32_t gen);
+
 /* Unsent bytes queued on a connection. */
 size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen);
 

@@ -50,6 +50,7 @@ struct rl_conn {
 	int32_t rx_bid;         /* buffer of the arrival being offered */
 	int close_reason;
 	uint32_t inflight_bytes;
+	uint64_t active_ns;     /* last receive or send completion */
 	void *connect_arg;      /* address and timeout, until connect ends */
 	struct rl_rxbuf rx;
 	struct rl_sendq sq;

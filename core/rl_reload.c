@@ -80,6 +80,18 @@ uint64_t rl_reload_round(rl_worker *w)
 	return round;
 }
 
+int rl_reload_expire(struct rl_reload *r)
+{
+	int open;
+
+	pthread_mutex_lock(&r->lock);
+	if (r->round && r->decision < 0 && rl_now_ns() >= r->deadline_ns)
+		decide(r, 0, "no worker answered in time");
+	open = r->round && r->decision < 0;
+	pthread_mutex_unlock(&r->lock);
+	return open;
+}
+
 int rl_reload_vote(rl_worker *w, int ok, uint64_t round)
 {
 	struct rl_reload *r = &w->shared->reload;

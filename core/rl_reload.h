@@ -32,6 +32,10 @@ struct rl_reload {
 void rl_reload_init(struct rl_reload *r, int nworkers);
 /* Start a round.  -EBUSY while the previous one is undecided. */
 int rl_reload_begin(struct rl_reload *r);
+/* From main's loop: a round past its deadline that no waiting worker
+ * decided (every worker failed before voting) is rejected and logged.
+ * Returns 1 while a round is undecided. */
+int rl_reload_expire(struct rl_reload *r);
 
 /* Watches the script's directory and its subdirectories for .lua changes. */
 struct rl_watch {

@@ -445,6 +445,7 @@ static NOINLINE int on_accept(struct rl_worker *w, struct io_uring_cqe *cqe,
 		goto reject;
 	}
 	c->fd = fd;
+	c->active_ns = w->loop_ns;
 	if (!l->is_unix)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	w->stats.accepted++;
@@ -513,6 +514,7 @@ static inline int on_recv(struct rl_worker *w, struct io_uring_cqe *cqe,
 	if (likely(res > 0 && bid >= 0 && c && c->state == RL_CONN_OPEN &&
 		   !c->close_req && !c->aborting)) {
 		w->stats.bytes_in += (uint64_t)res;
+		c->active_ns = w->loop_ns;
 		if (likely(vec_push32(&w->held, (uint32_t)bid) == 0)) {
 			ev->type = RL_EV_DATA;
 			ev->conn = idx;
@@ -552,6 +554,7 @@ static int on_send(struct rl_worker *w, struct io_uring_cqe *cqe,
 	if (likely(res > 0)) {
 		rl_sendq_advance(&c->sq, &w->pool, &w->br, (size_t)res);
 		w->stats.bytes_out += (uint64_t)res;
+		c->active_ns = w->loop_ns;
 		/* A short send means the peer reads slower than we write:
 		 * give its ring buffers back by copying what is left. */
 		c->slow = (uint32_t)res < c->inflight_bytes;
@@ -748,6 +751,7 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 	}
 	wait_completions(w, n == 0 && w->work.n == 0 && w->closed.n == 0,
 			 now ? now : now_ns());
+	w->loop_ns = now_ns();
 	n = reap(w, ev, n, max);
 	return emit_closed(w, ev, n, max);
 }
@@ -1000,6 +1004,13 @@ int rl_conn_set_eof_event(rl_worker *w, uint32_t conn, uint32_t gen, int on)
 		return -ENOTCONN;
 	c->eof_event = on != 0;
 	return 0;
+}
+
+double rl_conn_last_active_ms(rl_worker *w, uint32_t conn, uint32_t gen)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	return c ? c->active_ns / 1e6 : 0;
 }
 
 size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen)

@@ -82,6 +82,7 @@ struct rl_worker {
 	int aborted;
 	uint64_t deadline_ns;
 	uint64_t wake_at_ns;        /* earliest Lua timer, 0 = none */
+	uint64_t loop_ns;           /* clock read once per poll */
 	int reload_pending;
 	uint64_t voted_round;       /* last reload round this worker voted in */
 

@@ -86,8 +86,11 @@ local function idle_check(t)
   local c = t.conn
   if c.closed or c._idle_ms == 0 then return end
   local now = timer.now_ms()
-  -- Still sending to a slow reader is not idle.
+  -- Sending counts as activity: a slow reader still taking a long
+  -- response is not idle, nor is one that just finished taking it.
   if C.rl_conn_unsent(W, c._idx, c._gen) > 0 then c._last = now end
+  local active = C.rl_conn_last_active_ms(W, c._idx, c._gen)
+  if active > c._last then c._last = active end
   local due = c._last + c._idle_ms
   if now >= due then
     C.rl_conn_close(W, c._idx, c._gen, C.RL_CLOSE_TIMEOUT, 0)

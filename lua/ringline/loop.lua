@@ -137,7 +137,9 @@ local function run(w, svc, script)
   local function reload()
     timer.set_owner(version + 1)
     local round = C.rl_reload_round(w)
-    local new, undo = load_version(script, svc)
+    -- Whatever happens while loading, this worker votes.
+    local pok, new, undo = pcall(load_version, script, svc)
+    if not pok then new, undo = nil, new end
     if not new then ringline.error("reload failed: " .. tostring(undo)) end
     local ok = C.rl_reload_vote(w, new and 1 or 0, round) == 1
     -- Periodic timers of the version that lost go; see ringline.timer.

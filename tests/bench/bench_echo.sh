@@ -242,6 +242,20 @@ for s in "${SERVERS[@]}"; do
     server_cmd "$s" PORT
     printf '  %-13s %s\n' "$(label_of "$s")" "taskset -c $SERVER_CPU ${CMD[*]}"
 done
+for s in "${SERVERS[@]}"; do
+    if [[ $s == lua || $s == builtin ]]; then
+        # No buffer options on the command lines means ringline's defaults; show them.
+        echo "ringline:  $("$RINGLINE" --version 2>&1 | head -n1 || true)"
+        echo "ringline buffer options in effect unless RINGLINE_ARGS overrides (from --help):"
+        # Join each option's wrapped description lines into one line.
+        "$RINGLINE" --help 2>&1 | awk '
+            /^ *-.*--buffers |^ *-.*--buffer-size / { if (l != "") print l; l = $0; next }
+            l != "" && /^          +[^ -]/ { sub(/^ +/, " "); l = l $0; next }
+            l != "" { print l; l = "" }
+            END { if (l != "") print l }' | sed 's/^ */    /; s/   */  /g' || true
+        break
+    fi
+done
 echo "load:      taskset -c $CLIENT_CPU $LOAD --host 127.0.0.1 --port PORT --conns C --size S --depth D --duration $DURATION --warmup $WARMUP"
 echo
 

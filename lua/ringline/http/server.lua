@@ -52,9 +52,22 @@ Response.__index = Response
 
 local out = buffer.new(4096)   -- the worker's response buffer, reused
 
-local function reset_response(res, conn, head_only, keep_alive)
+local function reset_response(res, conn, head_only, keep_alive, minor)
   res.conn, res.head_only, res.keep_alive = conn, head_only, keep_alive
   res.status_code, res.sent, res.nheaders = 200, false, 0
+  res.minor = minor
+end
+
+-- The Date header (RFC 9110 6.6.1), made once per second.
+local date_sec, date_line = -1, ""
+local os_time, os_date = os.time, os.date
+local function date_header()
+  local t = os_time()
+  if t ~= date_sec then
+    date_sec = t
+    date_line = os_date("!Date: %a, %d %b %Y %H:%M:%S GMT\r\n", t)
+  end
+  return date_line
 end
 
 -- Set the status (default 200).
@@ -73,11 +86,16 @@ end
 
 local function put_head(res, len)
   out:reset()
-  out:put(STATUS_LINE[res.status_code], "Server: ", res.server, "\r\n")
+  out:put(STATUS_LINE[res.status_code], "Server: ", res.server, "\r\n",
+          date_header())
   for i = 1, res.nheaders do
     out:put(res[2 * i - 1], ": ", res[2 * i], "\r\n")
   end
-  if not res.keep_alive then out:put("Connection: close\r\n") end
+  if not res.keep_alive then
+    out:put("Connection: close\r\n")
+  elseif res.minor == 0 then
+    out:put("Connection: keep-alive\r\n")   -- HTTP/1.0 asked for it
+  end
   out:put("Content-Length: ", len, "\r\n\r\n")
 end
 
@@ -173,7 +191,7 @@ end
 
 local function error_response(self, conn, code)
   local res = self._res
-  reset_response(res, conn, false, false)
+  reset_response(res, conn, false, false, 1)
   res.server = self.opts.server
   res:status(code):send(REASON[code] .. "\n", "text/plain")
   conn:close()
@@ -185,9 +203,22 @@ local function dispatch(self, conn, st, s, body)
   local req, res = self._req, self._res
   req._p, req._s, req._body = p, s, body
   local head = p:method_is(s, "HEAD")
-  reset_response(res, conn, head, p.keep_alive)
+  reset_response(res, conn, head, p.keep_alive, p.minor)
   res.server = self.opts.server
   local base = s:ptr()
+  -- Absolute form (RFC 9112 3.2.2): route on the path after the authority.
+  if p.path_len > 0 and base[p.path_off] ~= 47 then   -- not '/'
+    local q = p.path_off
+    local e = q + p.path_len
+    local k = q
+    while k + 2 < e and not (base[k] == 58 and base[k + 1] == 47 and
+                             base[k + 2] == 47) do k = k + 1 end   -- "://"
+    if k + 2 < e then
+      k = k + 3
+      while k < e and base[k] ~= 47 do k = k + 1 end
+      p.path_off, p.path_len = k, e - k
+    end
+  end
   local fn = find_route(self, p, s, base, false)
   if not fn and head then fn = find_route(self, p, s, base, true) end
   if not fn then
@@ -238,13 +269,25 @@ local function on_data(self, conn, data)
     local head_end = off + n     -- the body starts here
     local body, used
     if p.chunked then
-      local d = st.chunked
-      d:reset()
-      local status, u = decode_chunked(data, head_end, d, o.max_body)
+      -- Decode as bytes arrive, from where the last call stopped: the
+      -- request stays unconsumed (so offsets from its start are stable)
+      -- and the data pieces are collected, the one copy a chunked body
+      -- needs since its pieces are not contiguous.
+      local d, b = st.chunked, st.body
+      if not st.in_chunked then
+        st.in_chunked, st.chunk_pos = true, n
+        d:reset()
+        b:reset()
+      end
+      local status, u = decode_chunked(data, off + st.chunk_pos, d, o.max_body)
       if status == -1 then
+        st.in_chunked = false
         error_response(self, conn, d.status or 400)
         return total
       end
+      local base = data:ptr()
+      for k = 1, d.n do b:putcdata(base + d.off[k], d.len[k]) end
+      st.chunk_pos = st.chunk_pos + u
       if status == 0 then
         if p.expect_continue and not st.continued then
           st.continued = true
@@ -252,13 +295,8 @@ local function on_data(self, conn, data)
         end
         break
       end
-      -- A chunked body is the one place a request is copied: its pieces
-      -- are not contiguous.
-      local b = st.body
-      b:reset()
-      local base = data:ptr()
-      for k = 1, d.n do b:putcdata(base + d.off[k], d.len[k]) end
-      body, used = b:tostring(), u
+      st.in_chunked = false
+      body, used = b:tostring(), st.chunk_pos - n
     else
       local cl = p.content_length
       if cl > o.max_body then

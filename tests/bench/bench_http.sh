@@ -1,0 +1,535 @@
+#!/usr/bin/env bash
+# bench_http.sh: pinned HTTP benchmark with wrk: ringline scripts/http.lua
+# against nginx with lua-nginx-module and nginx `return 200`, one request per
+# round trip and 16 pipelined requests per write.
+#
+# Usage: bash tests/bench/bench_http.sh BUILD_DIR
+#   BUILD_DIR holds ringline.
+# Needs: wrk, nginx-light, libnginx-mod-http-lua, taskset (util-linux);
+#   apt-get install wrk nginx-light libnginx-mod-http-lua
+#   (never libluajit-5.1-dev: it conflicts with libnginx-mod-http-lua).
+# Environment (all optional):
+#   BENCH_SECONDS=5        measured seconds per wrk run
+#   BENCH_WARMUP=1         warmup seconds before each measured run (same load, not measured)
+#   BENCH_REPEAT=1         runs per server and mode; servers alternate, best req/s kept
+#   BENCH_CONNECTIONS=50   wrk -c
+#   BENCH_THREADS=1        wrk -t
+#   BENCH_DEPTH=16         requests per write in the pipelined mode
+#   BENCH_SERVERS="ringline nginx-lua nginx-return"
+#   BENCH_MODES="plain pipelined"
+#   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   cores for the server and for wrk
+#   BENCH_PORT_BASE=17400  first port tried; each run gets a fresh free one
+#   BENCH_STRICT=0         1: exit 1 when a target is not met
+#   RINGLINE=BUILD_DIR/ringline   RINGLINE_ARGS=""   extra ringline options
+set -euo pipefail
+
+die() { echo "bench_http: $*" >&2; exit 1; }
+warn() { echo "bench_http: $*" >&2; }
+
+[[ $# -eq 1 ]] || die "usage: bash tests/bench/bench_http.sh BUILD_DIR"
+BUILD=$(cd "$1" 2>/dev/null && pwd) || die "no such build dir: $1"
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$REPO"     # scripts/http.lua is relative to the repo root
+
+DURATION=${BENCH_SECONDS:-5}
+WARMUP=${BENCH_WARMUP:-1}
+REPEAT=${BENCH_REPEAT:-1}
+CONNS=${BENCH_CONNECTIONS:-50}
+THREADS=${BENCH_THREADS:-1}
+DEPTH=${BENCH_DEPTH:-16}
+SERVER_CPU=${BENCH_SERVER_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+PORT=${BENCH_PORT_BASE:-17400}
+STRICT=${BENCH_STRICT:-0}
+read -ra SERVERS <<<"${BENCH_SERVERS:-ringline nginx-lua nginx-return}"
+read -ra MODES <<<"${BENCH_MODES:-plain pipelined}"
+RINGLINE=${RINGLINE:-$BUILD/ringline}
+read -ra RL_EXTRA <<<"${RINGLINE_ARGS:-}"
+PIPELINE_LUA=$REPO/tests/bench/pipeline.lua
+NGX_MODDIR=/usr/lib/nginx/modules
+INSTALL_HINT="apt-get install wrk nginx-light libnginx-mod-http-lua"
+
+# -- Settings and tools --------------------------------------------------------
+is_num() { [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; }
+is_int() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+is_int "$DURATION" || die "BENCH_SECONDS must be a positive whole number (wrk -d), got '$DURATION'"
+is_num "$WARMUP" || die "BENCH_WARMUP must be a number, got '$WARMUP'"
+is_int "$REPEAT" || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
+is_int "$CONNS" || die "BENCH_CONNECTIONS must be a positive integer, got '$CONNS'"
+is_int "$THREADS" || die "BENCH_THREADS must be a positive integer, got '$THREADS'"
+is_int "$DEPTH" || die "BENCH_DEPTH must be a positive integer, got '$DEPTH'"
+[[ ${#SERVERS[@]} -gt 0 ]] || die "BENCH_SERVERS is empty"
+[[ ${#MODES[@]} -gt 0 ]] || die "BENCH_MODES is empty"
+for m in "${MODES[@]}"; do
+    [[ $m == plain || $m == pipelined ]] || die "unknown mode '$m' in BENCH_MODES (want plain, pipelined)"
+done
+
+NCPU=$(nproc)
+for c in "$SERVER_CPU" "$CLIENT_CPU"; do
+    [[ $c =~ ^[0-9]+$ && $c -lt $NCPU ]] || die "core $c not available (nproc=$NCPU)"
+done
+[[ $SERVER_CPU != "$CLIENT_CPU" ]] || warn "warning: server and wrk share core $SERVER_CPU"
+command -v taskset >/dev/null || die "taskset not found: apt-get install util-linux"
+command -v wrk >/dev/null || die "wrk not found: $INSTALL_HINT"
+
+NGINX=""
+need_nginx=0
+need_lua=0
+for s in "${SERVERS[@]}"; do
+    case $s in
+        ringline)
+            [[ -x $RINGLINE ]] || die "missing $RINGLINE (run make first)"
+            [[ -f scripts/http.lua ]] || die "missing $REPO/scripts/http.lua" ;;
+        nginx-lua) need_nginx=1; need_lua=1 ;;
+        nginx-return) need_nginx=1 ;;
+        *) die "unknown server '$s' in BENCH_SERVERS (want ringline, nginx-lua, nginx-return)" ;;
+    esac
+done
+if [[ $need_nginx -eq 1 ]]; then
+    NGINX=$(command -v nginx || true)
+    [[ -n $NGINX ]] || { [[ -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx; } || true
+    [[ -n $NGINX ]] || die "nginx not found: $INSTALL_HINT"
+fi
+if [[ $need_lua -eq 1 ]]; then
+    for m in ndk_http_module.so ngx_http_lua_module.so; do
+        [[ -f $NGX_MODDIR/$m ]] || die "missing $NGX_MODDIR/$m (lua-nginx-module): $INSTALL_HINT"
+    done
+fi
+
+label_of() {
+    case $1 in
+        ringline) echo "ringline" ;;
+        nginx-lua) echo "nginx+lua" ;;
+        nginx-return) echo "nginx return" ;;
+    esac
+}
+
+# -- Processes ------------------------------------------------------------------
+TMP=$(mktemp -d /tmp/bench_http.XXXXXX)
+chmod 755 "$TMP"       # nginx workers run as nobody when started by root
+SRV_PID=""
+WRK_PID=""
+
+# The pid and its children (nginx: the master and its worker).
+proc_tree() {
+    local p=$1
+    echo "$p"
+    cat /proc/"$p"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+$' || true
+}
+
+kill_tree() {
+    local pid=$1 kids p i
+    kids=$(proc_tree "$pid" | tail -n +2 | tr '\n' ' ')
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        warn "server $pid ignored SIGTERM, killing"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    for p in $kids; do
+        kill -KILL "$p" 2>/dev/null || true
+    done
+}
+
+# shellcheck disable=SC2317  # runs from the trap
+cleanup() {
+    local p
+    if [[ -n $WRK_PID ]]; then
+        # The subshell and wrk, its child.
+        for p in $(proc_tree "$WRK_PID"); do
+            kill -TERM "$p" 2>/dev/null || true
+        done
+        wait "$WRK_PID" 2>/dev/null || true
+    fi
+    [[ -z $SRV_PID ]] || kill_tree "$SRV_PID"
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_busy() {
+    if command -v ss >/dev/null; then
+        # Any state counts: a lingering TIME_WAIT can make bind fail.
+        [[ -n $(ss -Htan "( sport = :$1 )" 2>/dev/null) ]]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
+next_port() {
+    PORT=$((PORT + 1))
+    while port_busy "$PORT"; do
+        PORT=$((PORT + 1))
+        [[ $PORT -lt 65000 ]] || die "no free port found"
+    done
+}
+
+# Writes an nginx.conf for server $1 on port $2 into directory $3.
+nginx_conf() {
+    local kind=$1 port=$2 dir=$3 content
+    mkdir -p "$dir"
+    if [[ $kind == nginx-lua ]]; then
+        content='content_by_lua_block { ngx.print("hello world\n") }'
+    else
+        content='return 200 "hello world\n";'
+    fi
+    {
+        echo "daemon off;"
+        echo "worker_processes 1;"
+        echo "pid $dir/nginx.pid;"
+        echo "error_log $dir/error.log warn;"
+        if [[ $kind == nginx-lua ]]; then
+            echo "load_module $NGX_MODDIR/ndk_http_module.so;"
+            echo "load_module $NGX_MODDIR/ngx_http_lua_module.so;"
+        fi
+        echo "events { worker_connections 4096; }"
+        echo "http {"
+        echo "    access_log off;"
+        # Keep every temp path in the run directory, not /var/lib/nginx.
+        for t in client_body proxy fastcgi uwsgi scgi; do
+            echo "    ${t}_temp_path $dir/$t;"
+        done
+        # nginx closes a keep-alive connection after 1000 requests by
+        # default; ringline never does.  Same rules for both.
+        echo "    keepalive_requests 1000000000;"
+        echo "    server {"
+        echo "        listen 127.0.0.1:$port;"
+        echo "        location / {"
+        echo "            default_type text/plain;"
+        echo "            $content"
+        echo "        }"
+        echo "    }"
+        echo "}"
+    } >"$dir/nginx.conf"
+}
+
+# Sets CMD to the command line of server $1 on port $2 (nginx: writes its conf).
+server_cmd() {
+    local dir
+    case $1 in
+        ringline)
+            CMD=("$RINGLINE" --workers 1 --listen "tcp://127.0.0.1:$2" "${RL_EXTRA[@]}" scripts/http.lua) ;;
+        nginx-lua | nginx-return)
+            dir="$TMP/$1.$2"
+            nginx_conf "$1" "$2" "$dir"
+            CMD=("$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log") ;;
+    esac
+}
+
+# The response body of GET / on port $1.
+fetch_hello() {
+    if command -v curl >/dev/null; then
+        curl -s --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null || true
+    else
+        (
+            exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 0
+            printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
+            timeout 2 cat <&3 | sed '1,/^\r$/d'
+        ) 2>/dev/null || true
+    fi
+}
+
+# 0 once the server on port $2 answers GET / with "hello world"; 1 if it
+# dies or does not within 10 s.
+wait_ready() {
+    local pid=$1 port=$2 i
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            [[ $(fetch_hello "$port") == "hello world" ]] && return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# utime + stime clock ticks of a process and its children's threads.
+tree_ticks() {
+    local total=0 p t
+    for p in $(proc_tree "$1"); do
+        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+# "busy total tasks" jiffies of one core: busy covers every process, thread
+# and softirq that ran there (other load included); tasks is user + nice +
+# system, the processes' share, without interrupts.
+core_jiffies() {
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $2 + $3 + $4 }' /proc/stat
+}
+
+now_ns() { date +%s%N; }
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# Runs wrk (mode $1, port $2, seconds $3) into $4; writes "cpu_seconds wall_seconds" to $4.cpu.
+run_wrk() {
+    local mode=$1 port=$2 secs=$3 out=$4 t0 t1 rc=0
+    local args=(-t"$THREADS" -c"$CONNS" -d"${secs}s" --latency)
+    [[ $mode == pipelined ]] && args+=(-s "$PIPELINE_LUA")
+    t0=$(now_ns)
+    # `times` in the subshell reports the CPU time of its one child, wrk
+    # (taskset execs it).
+    (
+        PIPELINE_DEPTH=$DEPTH PIPELINE_CONNECTIONS=$CONNS \
+            taskset -c "$CLIENT_CPU" wrk "${args[@]}" "http://127.0.0.1:$port/" \
+            >"$out" 2>&1 || exit $?
+        times >"$out.times"
+    ) &
+    WRK_PID=$!
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=""
+    t1=$(now_ns)
+    awk -v w="$(((t1 - t0) / 1000))" 'NR == 2 {
+            n = split($0, f, " "); s = 0
+            for (i = 1; i <= n; i++) { split(f[i], ms, "m"); sub(/s$/, "", ms[2]); s += ms[1] * 60 + ms[2] }
+            printf "%.3f %.3f\n", s, w / 1e6 }' "$out.times" >"$out.cpu" 2>/dev/null || true
+    return $rc
+}
+
+# wrk latency ("123.45us", "1.23ms", "2.00s") in microseconds.
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.1f", v }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.1f", v * 1000 }
+        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.1f", v * 60e6 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.1f", v * 1e6 }
+        else print "" }'
+}
+
+fmt_us() {
+    [[ -n $1 ]] || { echo "-"; return; }
+    awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2fms", u / 1000; else printf "%.0fus", u }'
+}
+
+fcmp_gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
+
+declare -A RPS P50 P99 WCPU SCPU CORE NOTE FAIL
+FAILED=0
+
+# One measured run of server $1 in mode $2; keeps the best req/s.
+run_one() {
+    local srv=$1 mode=$2 key="$1|$2" log out rc=0 s0 s1 t0 t1 rps p50 p99 errs non2xx scpu wcpu note=""
+    local line batches total b0 b1 j0 j1 k0 k1 core other
+    next_port
+    server_cmd "$srv" "$PORT"
+    log="$TMP/$srv.$PORT.log"
+    out="$TMP/wrk.$srv.$mode.$PORT"
+    taskset -c "$SERVER_CPU" "${CMD[@]}" >"$log" 2>&1 &
+    SRV_PID=$!
+    if ! wait_ready "$SRV_PID" "$PORT"; then
+        warn "$(label_of "$srv") did not start (or did not answer GET / with hello world) on port $PORT: ${CMD[*]}"
+        tail -n 20 "$log" >&2 || true
+        [[ $srv == ringline ]] || tail -n 20 "$TMP/$srv.$PORT/error.log" >&2 2>/dev/null || true
+        kill_tree "$SRV_PID"
+        SRV_PID=""
+        FAIL[$key]="no-start"
+        FAILED=1
+        return 0
+    fi
+    if fcmp_gt "$WARMUP" 0; then
+        run_wrk "$mode" "$PORT" "$(awk -v w="$WARMUP" 'BEGIN { printf "%d", (w < 1 ? 1 : w) }')" \
+            "$out.warmup" || true
+    fi
+    s0=$(tree_ticks "$SRV_PID")
+    read -r b0 j0 k0 < <(core_jiffies "$SERVER_CPU")
+    t0=$(now_ns)
+    run_wrk "$mode" "$PORT" "$DURATION" "$out" || rc=$?
+    t1=$(now_ns)
+    read -r b1 j1 k1 < <(core_jiffies "$SERVER_CPU")
+    s1=$(tree_ticks "$SRV_PID")
+    if ! kill -0 "$SRV_PID" 2>/dev/null; then
+        warn "$(label_of "$srv") died during the run ($mode)"
+        tail -n 20 "$log" >&2 || true
+        rc=1
+    fi
+    kill_tree "$SRV_PID"
+    SRV_PID=""
+
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    if [[ $mode == pipelined ]]; then
+        # wrk's own percentiles are wrong with pipelining (see pipeline.lua):
+        # use the per-batch histogram pipeline.lua rebuilds.
+        line=$(grep -m1 '^PIPELINE_LATENCY' "$out" || true)
+        p50=$(sed -n 's/.* p50_us=\([0-9]*\).*/\1/p' <<<"$line")
+        p99=$(sed -n 's/.* p99_us=\([0-9]*\).*/\1/p' <<<"$line")
+        batches=$(sed -n 's/.* batches=\([0-9]*\).*/\1/p' <<<"$line")
+        total=$(awk '/ requests in / { print $1; exit }' "$out")
+        if [[ -z $p99 ]]; then
+            note+="no per-batch latency (${line:-no PIPELINE_LATENCY line}); "
+        elif [[ -n $total ]] && ! awk -v b="$batches" -v t="$total" -v d="$DEPTH" \
+            'BEGIN { e = t / d; exit !(b >= 0.99 * e - 50 && b <= 1.01 * e + 50) }'; then
+            note+="per-batch latency has $batches batches for $total responses; "
+        fi
+    else
+        p50=$(to_us "$(awk '$1 == "50%" { print $2; exit }' "$out")")
+        p99=$(to_us "$(awk '$1 == "99%" { print $2; exit }' "$out")")
+    fi
+    if [[ $rc -ne 0 || -z $rps || ( $mode == plain && ( -z $p50 || -z $p99 ) ) ]]; then
+        warn "wrk failed against $(label_of "$srv") ($mode, rc=$rc):"
+        cat "$out" >&2 || true
+        FAIL[$key]="FAIL"
+        FAILED=1
+        return 0
+    fi
+    errs=$(awk '/Socket errors:/ { sub(/^ *Socket errors: */, ""); print }' "$out")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+    [[ -z $errs ]] || note+="socket errors: $errs; "
+    [[ -z $non2xx ]] || note+="non-2xx: $non2xx; "
+    scpu=$(awk -v t="$((s1 - s0))" -v hz="$CLK_TCK" -v ns="$((t1 - t0))" \
+        'BEGIN { printf "%.0f", (ns > 0 ? 100 * t / hz / (ns / 1e9) : 0) }')
+    wcpu=$(awk '{ printf "%.0f", ($2 > 0 ? 100 * $1 / $2 : 0) }' "$out.cpu" 2>/dev/null || true)
+    core=$(awk -v b="$((b1 - b0))" -v t="$((j1 - j0))" 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
+    # Processes other than the server on its core (the server's own ticks
+    # are USER_HZ too); more than a little means the numbers are disturbed.
+    other=$(awk -v k="$((k1 - k0))" -v s="$((s1 - s0))" -v t="$((j1 - j0))" \
+        'BEGIN { o = (t > 0 ? 100 * (k - s) / t : 0); printf "%.0f", (o < 0 ? 0 : o) }')
+    if [[ $other -gt 10 ]]; then
+        note+="other processes used ${other}% of core $SERVER_CPU; "
+    fi
+    printf '  %-13s %-9s run: %12s req/s  p50 %9s  p99 %9s  wrk CPU %4s%%  server CPU %4s%%  core %s busy %4s%%%s\n' \
+        "$(label_of "$srv")" "$mode" "$rps" "$(fmt_us "$p50")" "$(fmt_us "$p99")" "${wcpu:--}" "$scpu" \
+        "$SERVER_CPU" "$core" "${note:+  (${note%; })}" >&2
+    if [[ -z ${RPS[$key]:-} ]] || fcmp_gt "$rps" "${RPS[$key]}"; then
+        RPS[$key]=$rps
+        P50[$key]=$p50
+        P99[$key]=$p99
+        WCPU[$key]=${wcpu:--}
+        SCPU[$key]=$scpu
+        CORE[$key]=$core
+        NOTE[$key]=$note
+    fi
+}
+
+# -- Header -----------------------------------------------------------------------
+cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo none)
+if [[ -n $(git status --porcelain 2>/dev/null) ]]; then commit+=" (dirty)"; fi
+echo "== ringline HTTP benchmark =="
+echo "date:        $(date '+%Y-%m-%d %H:%M:%S %z')"
+echo "kernel:      $(uname -r)"
+echo "cpu:         ${cpu_model:-unknown} (nproc=$NCPU)"
+echo "commit:      $commit"
+echo "wrk:         $(wrk -v 2>&1 | head -n1 | sed 's/ Copyright.*//')"
+[[ -z $NGINX ]] || echo "nginx:       $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
+[[ $need_lua -eq 0 ]] || echo "nginx lua:   $(dpkg-query -W -f='libnginx-mod-http-lua ${Version}' libnginx-mod-http-lua 2>/dev/null || echo "$NGX_MODDIR/ngx_http_lua_module.so")"
+[[ ! -x $RINGLINE ]] || echo "ringline:    $("$RINGLINE" --version 2>&1 | head -n1)"
+echo "pinning:     server taskset -c $SERVER_CPU (nginx master and worker), wrk taskset -c $CLIENT_CPU"
+echo "settings:    wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; warmup ${WARMUP}s; repeat $REPEAT (best req/s of N, servers alternate)"
+echo "pipelined:   PIPELINE_DEPTH=$DEPTH PIPELINE_CONNECTIONS=$CONNS wrk ... -s tests/bench/pipeline.lua: $DEPTH x GET / HTTP/1.1 (Host: x) per write"
+echo "servers:"
+for s in "${SERVERS[@]}"; do
+    case $s in
+        ringline) printf '  %-13s taskset -c %s %s\n' "$(label_of "$s")" "$SERVER_CPU" \
+            "$RINGLINE --workers 1 --listen tcp://127.0.0.1:PORT ${RL_EXTRA[*]} scripts/http.lua" ;;
+        nginx-lua) printf '  %-13s %s\n' "$(label_of "$s")" \
+            "1 worker, lua-nginx-module: content_by_lua_block { ngx.print(\"hello world\\n\") }" ;;
+        nginx-return) printf '  %-13s %s\n' "$(label_of "$s")" "1 worker, return 200 \"hello world\\n\"" ;;
+    esac
+done
+[[ $need_nginx -eq 0 ]] || echo "nginx conf:  daemon off; worker_processes 1; access_log off; keepalive_requests 1000000000; (nginx -p DIR -c DIR/nginx.conf -e DIR/error.log)"
+echo
+
+# -- Runs -------------------------------------------------------------------------
+for mode in "${MODES[@]}"; do
+    for ((rep = 0; rep < REPEAT; rep++)); do
+        n=${#SERVERS[@]}
+        for ((k = 0; k < n; k++)); do
+            run_one "${SERVERS[$(((k + rep) % n))]}" "$mode"
+        done
+    done
+done
+echo >&2
+
+ratio() {
+    if [[ -n $1 && -n $2 ]]; then
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'
+    else
+        echo "-"
+    fi
+}
+
+fmt='%-13s | %-9s | %12s | %9s | %9s | %13s | %15s | %8s | %11s | %10s\n'
+# shellcheck disable=SC2059
+printf "$fmt" server mode req/s p50 p99 "vs nginx+lua" "vs nginx return" "wrk CPU" "server CPU" "core$SERVER_CPU busy"
+printf '%s\n' "--------------+-----------+--------------+-----------+-----------+---------------+-----------------+----------+-------------+-----------"
+client_bound=()
+notes=()
+for mode in "${MODES[@]}"; do
+    for s in "${SERVERS[@]}"; do
+        key="$s|$mode"
+        if [[ -z ${RPS[$key]:-} ]]; then
+            # shellcheck disable=SC2059
+            printf "$fmt" "$(label_of "$s")" "$mode" "${FAIL[$key]:-FAIL}" - - - - - - -
+            continue
+        fi
+        # shellcheck disable=SC2059
+        printf "$fmt" "$(label_of "$s")" "$mode" "${RPS[$key]}" "$(fmt_us "${P50[$key]}")" \
+            "$(fmt_us "${P99[$key]}")" "$(ratio "${RPS[$key]}" "${RPS[nginx-lua|$mode]:-}")" \
+            "$(ratio "${RPS[$key]}" "${RPS[nginx-return|$mode]:-}")" "${WCPU[$key]}%" "${SCPU[$key]}%" \
+            "${CORE[$key]}%"
+        if [[ ${WCPU[$key]} != - ]] && awk -v c="${WCPU[$key]}" 'BEGIN { exit !(c >= 95) }'; then
+            client_bound+=("$(label_of "$s")/$mode")
+        fi
+        [[ -z ${NOTE[$key]} ]] || notes+=("$(label_of "$s")/$mode: ${NOTE[$key]%; }")
+    done
+done
+echo
+echo "req/s = responses per second (wrk Requests/sec)."
+echo "p50/p99: plain = wrk's latency distribution (with wrk's coordinated-omission correction);"
+echo "         pipelined = per batch of $DEPTH (write to last response), measured histogram rebuilt by pipeline.lua"
+echo "         (wrk's correction assumes one response per write and breaks its own percentiles with pipelining)."
+echo "wrk CPU = wrk user+sys / wall time; server CPU = server process(es) user+sys / wall time;"
+echo "core$SERVER_CPU busy = busy share of the server's core from /proc/stat (softirq and any other load there included)."
+if [[ ${#client_bound[@]} -gt 0 ]]; then
+    echo "note: wrk saturated its core (>= 95%) for: ${client_bound[*]} -- those rates are (partly) a client limit."
+fi
+for n in "${notes[@]}"; do
+    echo "warning: $n"
+done
+
+# -- Targets ----------------------------------------------------------------------
+unmet=0
+have() { [[ -n ${RPS[$1]:-} ]]; }
+echo
+echo "targets (ringline >= 1.5x nginx+lua and >= 1.2x nginx return in req/s, with lower p99):"
+for mode in "${MODES[@]}"; do
+    r="ringline|$mode"
+    for pair in "nginx-lua 1.5" "nginx-return 1.2"; do
+        read -r other want <<<"$pair"
+        o="$other|$mode"
+        if ! have "$r" || ! have "$o" || [[ -z ${P99[$r]} || -z ${P99[$o]} ]]; then
+            printf '  %-9s vs %-13s: not measured\n' "$mode" "$(label_of "$other")"
+            continue
+        fi
+        x=$(awk -v a="${RPS[$r]}" -v b="${RPS[$o]}" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+        rate_ok=0
+        awk -v x="$x" -v w="$want" 'BEGIN { exit !(x >= w) }' && rate_ok=1
+        p99_ok=0
+        awk -v a="${P99[$r]}" -v b="${P99[$o]}" 'BEGIN { exit !(a < b) }' && p99_ok=1
+        verdict="met"
+        if [[ $rate_ok -eq 0 || $p99_ok -eq 0 ]]; then
+            verdict="NOT met"
+            unmet=1
+        fi
+        printf '  %-9s vs %-13s: req/s %sx (want >= %s: %s), p99 %s vs %s (%s) -> %s\n' \
+            "$mode" "$(label_of "$other")" "$x" "$want" "$([[ $rate_ok -eq 1 ]] && echo ok || echo no)" \
+            "$(fmt_us "${P99[$r]}")" "$(fmt_us "${P99[$o]}")" "$([[ $p99_ok -eq 1 ]] && echo lower || echo "not lower")" \
+            "$verdict"
+    done
+done
+
+if [[ $FAILED -ne 0 ]]; then
+    warn "some runs failed (see messages above)"
+    exit 1
+fi
+if [[ $unmet -ne 0 && $STRICT == 1 ]]; then
+    warn "targets not met (BENCH_STRICT=1)"
+    exit 1
+fi
+exit 0
