@@ -37,7 +37,8 @@ typedef struct rl_event {
 	int32_t bid;          /* DATA: ring buffer id, -1 = connection residue */
 	const uint8_t *ptr;   /* DATA: first byte offered */
 	uint32_t len;         /* DATA: bytes offered */
-	int32_t res;          /* CLOSE: 0 = peer closed, >0 RL_CLOSE_*, <0 -errno */
+	int32_t res;          /* CLOSE: 0 = peer closed, >0 RL_CLOSE_*, <0 -errno;
+			       * OPEN: index of the listen address (0-based) */
 } rl_event;
 
 /* Close reasons that are not an errno. */

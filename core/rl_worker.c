@@ -450,7 +450,8 @@ static NOINLINE int on_accept(struct rl_worker *w, struct io_uring_cqe *cqe,
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	w->stats.accepted++;
 	arm_recv(w, c, idx);
-	fill_event(ev, RL_EV_OPEN, idx, c->gen, 0);
+	/* res: which listen address accepted it, for multi-protocol scripts. */
+	fill_event(ev, RL_EV_OPEN, idx, c->gen, (int32_t)ud_idx(cqe->user_data));
 	return 1;
 reject:
 	/* Over the limit: closed at once, existing connections unaffected. */

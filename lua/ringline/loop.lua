@@ -197,6 +197,7 @@ local function run(w, svc, script)
           end
         elseif t == EV_OPEN then
           local c = new_conn(e.conn, e.gen)
+          c.listener = e.res + 1     -- which listen address, 1-based
           if on_eof then C.rl_conn_set_eof_event(w, e.conn, e.gen, 1) end
           if on_open then
             cur = c
