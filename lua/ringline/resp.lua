@@ -4,9 +4,12 @@
 -- ("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), or an inline command, a line of words
 -- as typed into telnet ("GET k\r\n").  Parsing copies nothing: it records
 -- each argument's byte offset and length (0-based, from s.base) in a
--- reusable command object, and allocates nothing however the bytes are
--- split.  Parsing starts over on every call: a handler that gets -2 leaves
--- the bytes unconsumed and calls again when more have arrived.
+-- reusable command object; compiled by the JIT it allocates nothing,
+-- however the bytes are split.  Parsing starts over on every call: a
+-- handler that gets -2 leaves the bytes unconsumed and calls again when
+-- more have arrived.  A payload is skipped by its length, so a call costs
+-- time in proportion to the arguments before the missing bytes, not to
+-- the bytes; a caller can wait for cmd.want bytes before calling again.
 --
 --   local R = require "ringline.resp"
 --   local cmd = R.new_command(n)   -- once per connection; room for n
@@ -19,10 +22,11 @@
 --       max_bulk   = 512 MiB    a longer bulk string is an error
 --                               (proto-max-bulk-len)
 --       max_inline = 64 KiB     an inline line must end within this
+--                               (it also bounds an inline command's words)
 --     n > 0  one command is the n bytes from off: cmd.argc arguments,
 --            argument i at cmd.off[i] with cmd.len[i] bytes (see cmd.nesc)
 --            argc is 0 when the bytes were only empty commands (see below):
---            consume them and ignore the command
+--            consume them and ignore the command (cmd.want is then 0)
 --     -2     incomplete: call again with more bytes.  cmd.want is a lower
 --            bound on the bytes from off needed before the answer can
 --            change (exact while a bulk payload is being received)
@@ -32,13 +36,20 @@
 --   cmd:arg(s, i)          slice over the argument (a string, see below)
 --   cmd:arg_str(s, i)      Lua string copy
 --   cmd:arg_is(s, i, str)  ASCII case-insensitive equality, no allocation
---   cmd:arg_int(s, i)      integer by Redis's string2ll rules, or nil
+--   cmd:arg_int(s, i)      integer by Redis's string2ll rules, or nil: a
+--                          number if |v| <= 2^53 (exact), else int64_t cdata
 --   cmd:arg_len(i)         length in bytes
---   Out-of-range i gives nil (false for arg_is).
+--   Out-of-range i gives nil (false for arg_is).  R.to_int(b, o, n) is
+--   the same integer rule for the n bytes at b.base[o].
 --
---   Replies go into a caller's string.buffer (nothing else is allocated):
---   R.put_simple(buf, "OK")  R.put_error(buf, "ERR x")  R.put_int(buf, n)
---   R.put_bulk(buf, str_or_slice)  R.put_bulk_header(buf, len)
+--   Replies go into a caller's string.buffer (nothing else is allocated);
+--   each returns buf:
+--   R.put_simple(buf, "OK")  R.put_error(buf, "ERR x")  (CR, LF -> spaces)
+--   R.put_int(buf, n)  n: an integer-valued number in int64 range, or an
+--                      int64_t/uint64_t cdata up to 2^63-1 (else an error)
+--   R.put_bulk(buf, str_or_slice)  (a slice's bytes are copied)
+--   R.put_bulk_header(buf, len)  "$len\r\n": the payload and its CRLF are
+--                                the caller's to send
 --   R.put_null(buf)  R.put_array(buf, n)  R.put_null_array(buf)
 --
 -- Redis's rules (networking.c, processMultibulkBuffer/processInlineBuffer,
@@ -73,7 +84,9 @@
 --     "ab c") and must be followed by a blank or the end of the line.  Bad
 --     quoting: "Protocol error: unbalanced quotes in request".  A NUL byte
 --     ends the arguments of its line, as it ends the C string sdssplitargs
---     reads (Redis's strchr would not even find the line's LF past it).
+--     reads (so a NUL inside quotes leaves them unbalanced); Redis's
+--     strchr would not even find the line's LF past a NUL.  An inline
+--     command's words are not counted against max_args.
 --   * Inline line length: the bytes before the LF (a CR included) must be
 --     at most max_inline, else "Protocol error: too big inline request"
 --     once more than max_inline bytes are there.  Redis only checks while
@@ -98,7 +111,7 @@ local istype, ffi_string, ffi_new = ffi.istype, ffi.string, ffi.new
 local ffi_cast = ffi.cast
 local C = ffi.C
 local u8p = ffi.typeof("const uint8_t *")
-local byte, char = string.byte, string.char
+local byte, char, find = string.byte, string.char, string.find
 local error, setmetatable, type, tonumber = error, setmetatable, type, tonumber
 local Slice = slice.type
 local slice_epoch = slice.epoch
@@ -179,20 +192,25 @@ end
 -- there cannot start a valid line.  A value above maxv is BAD; negative
 -- values only if neg_ok (then not checked against maxv).
 local function read_len(s, p, e, maxv, neg_ok)
-  -- One or two digits, as most counts and lengths are: no loop, so that
-  -- the compiled trace goes straight through.  Anything else (or too few
-  -- bytes) takes the general path below, which accepts these too.
-  if p + 3 < e then
-    local a, b = s.base[p] - 48, s.base[p + 1]
-    if a >= 1 and a <= 9 then
-      if b == CR then
-        if s.base[p + 2] == LF and a <= maxv then return p + 3, a end
-      else
-        b = b - 48
-        if b >= 0 and b <= 9 and s.base[p + 2] == CR
-           and s.base[p + 3] == LF and a * 10 + b <= maxv then
-          return p + 4, a * 10 + b
+  -- Up to four digits, as most counts and lengths are, when the bytes are
+  -- there: no loop, so that the compiled trace goes straight through.
+  -- Anything else takes the general path below, which accepts these too.
+  if p + 5 < e then
+    local v = s.base[p] - 48
+    if v >= 1 and v <= 9 then
+      local k = p + 1
+      local d = s.base[k] - 48
+      if d >= 0 and d <= 9 then
+        v, k = v * 10 + d, k + 1
+        d = s.base[k] - 48
+        if d >= 0 and d <= 9 then
+          v, k = v * 10 + d, k + 1
+          d = s.base[k] - 48
+          if d >= 0 and d <= 9 then v, k = v * 10 + d, k + 1 end
         end
+      end
+      if s.base[k] == CR and s.base[k + 1] == LF and v <= maxv then
+        return k + 2, v
       end
     end
   end
@@ -475,8 +493,47 @@ end
 ---------------------------------------------------------------------------
 -- parser
 
+-- One bulk string at s.base[p]: "$<len>\r\n<payload>\r\n".  Returns the
+-- index after it, the payload's offset and length; or NEED and the index
+-- the bytes must reach; or BAD and what is wrong (B_DOLLAR and the byte,
+-- B_LENGTH, B_CRLF).
+local B_DOLLAR, B_LENGTH, B_CRLF = 1, 2, 3
+
+local function bulk(s, p, e, max_bulk)
+  if p >= e then return NEED, e + 1, 0 end
+  local c = s.base[p]
+  if c ~= DOLLAR then return BAD, B_DOLLAR, c end
+  local q, l = read_len(s, p + 1, e, max_bulk, false)
+  if q < 0 then
+    if q == BAD then return BAD, B_LENGTH, 0 end
+    return NEED, e + 1, 0
+  end
+  local z = q + l   -- the CRLF after the payload
+  if z + 2 > e then
+    if z < e and s.base[z] ~= CR then return BAD, B_CRLF, 0 end
+    return NEED, z + 2, 0
+  end
+  if s.base[z] ~= CR or s.base[z + 1] ~= LF then return BAD, B_CRLF, 0 end
+  return z + 2, q, l
+end
+
+local function bulk_fail(cmd, r, a, b)
+  if r == NEED then
+    cmd.want = a
+    return NEED
+  end
+  if a == B_DOLLAR then return fail(cmd, E_DOLLAR[b]) end
+  if a == B_LENGTH then return fail(cmd, E_BULK) end
+  return fail(cmd, E_CRLF)
+end
+
 -- A multibulk command at s.base[i] ('*').  Returns the bytes it takes,
 -- NEED (cmd.want set to the absolute end needed) or BAD.
+--
+-- The first four arguments are read without a loop.  A loop that usually
+-- runs once or twice is bad for the JIT: it starts recording at the loop,
+-- the loop ends before the trace can close, and after a few such attempts
+-- the loop is blacklisted and runs interpreted (and allocating) for good.
 local function multibulk(s, i, e, cmd, max_args, max_bulk)
   local p, n = read_len(s, i + 1, e, max_args, true)
   if p < 0 then
@@ -489,34 +546,31 @@ local function multibulk(s, i, e, cmd, max_args, max_bulk)
     return p - i
   end
   local off, len = cmd.off, cmd.len
-  local argc = 0
-  while argc < n do
-    if p >= e then
-      cmd.want = e + 1
-      return NEED
+  local q, l
+  p, q, l = bulk(s, p, e, max_bulk)
+  if p < 0 then return bulk_fail(cmd, p, q, l) end
+  off[1], len[1] = q, l
+  if n > 1 then
+    p, q, l = bulk(s, p, e, max_bulk)
+    if p < 0 then return bulk_fail(cmd, p, q, l) end
+    off[2], len[2] = q, l
+    if n > 2 then
+      p, q, l = bulk(s, p, e, max_bulk)
+      if p < 0 then return bulk_fail(cmd, p, q, l) end
+      off[3], len[3] = q, l
+      if n > 3 then
+        p, q, l = bulk(s, p, e, max_bulk)
+        if p < 0 then return bulk_fail(cmd, p, q, l) end
+        off[4], len[4] = q, l
+        for argc = 5, n do
+          p, q, l = bulk(s, p, e, max_bulk)
+          if p < 0 then return bulk_fail(cmd, p, q, l) end
+          off[argc], len[argc] = q, l
+        end
+      end
     end
-    local c = s.base[p]
-    if c ~= DOLLAR then return fail(cmd, E_DOLLAR[c]) end
-    local q, l = read_len(s, p + 1, e, max_bulk, false)
-    if q < 0 then
-      if q == BAD then return fail(cmd, E_BULK) end
-      cmd.want = e + 1
-      return NEED
-    end
-    local z = q + l   -- the CRLF after the payload
-    if z + 2 > e then
-      if z < e and s.base[z] ~= CR then return fail(cmd, E_CRLF) end
-      cmd.want = z + 2
-      return NEED
-    end
-    if s.base[z] ~= CR or s.base[z + 1] ~= LF then
-      return fail(cmd, E_CRLF)
-    end
-    argc = argc + 1
-    off[argc], len[argc] = q, l
-    p = z + 2
   end
-  cmd.argc = argc
+  cmd.argc = n
   cmd.nesc = 0
   return p - i
 end
@@ -629,7 +683,10 @@ M.parse_command = parse_command
 
 -- Simple strings and errors cannot hold CR or LF: they become spaces.
 local function line_text(str)
-  if str:find("[\r\n]") then str = str:gsub("[\r\n]", " ") end
+  -- (plain finds: the JIT compiles them, not a pattern find)
+  if find(str, "\r", 1, true) or find(str, "\n", 1, true) then
+    str = str:gsub("[\r\n]", " ")
+  end
   return str
 end
 
