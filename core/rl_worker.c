@@ -835,6 +835,15 @@ int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed)
 	return ret;
 }
 
+/* The connection a handler names, unless it is gone or only waiting for
+ * its CLOSE event to reach Lua. */
+static struct rl_conn *live_conn(rl_worker *w, uint32_t conn, uint32_t gen)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	return c && c->state != RL_CONN_DEAD ? c : NULL;
+}
+
 /* -- Connection calls from handlers ----------------------------------------- */
 
 int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
@@ -906,9 +915,9 @@ int64_t rl_unix_ms(void)
 int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 		  int abort)
 {
-	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+	struct rl_conn *c = live_conn(w, conn, gen);
 
-	if (!c || c->state == RL_CONN_DEAD)
+	if (!c)
 		return -ENOTCONN;
 	if (!c->close_reason)
 		c->close_reason = reason;
@@ -977,9 +986,9 @@ int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
 
 int rl_conn_shutdown(rl_worker *w, uint32_t conn, uint32_t gen)
 {
-	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+	struct rl_conn *c = live_conn(w, conn, gen);
 
-	if (!c || c->state == RL_CONN_DEAD)
+	if (!c)
 		return -ENOTCONN;
 	c->wr_shut_req = 1;
 	queue_work(w, c, conn);
@@ -988,9 +997,9 @@ int rl_conn_shutdown(rl_worker *w, uint32_t conn, uint32_t gen)
 
 int rl_conn_pause(rl_worker *w, uint32_t conn, uint32_t gen, int pause)
 {
-	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+	struct rl_conn *c = live_conn(w, conn, gen);
 
-	if (!c || c->state == RL_CONN_DEAD)
+	if (!c)
 		return -ENOTCONN;
 	c->user_paused = pause != 0;
 	queue_work(w, c, conn);
@@ -999,9 +1008,9 @@ int rl_conn_pause(rl_worker *w, uint32_t conn, uint32_t gen, int pause)
 
 int rl_conn_set_eof_event(rl_worker *w, uint32_t conn, uint32_t gen, int on)
 {
-	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+	struct rl_conn *c = live_conn(w, conn, gen);
 
-	if (!c || c->state == RL_CONN_DEAD)
+	if (!c)
 		return -ENOTCONN;
 	c->eof_event = on != 0;
 	return 0;
