@@ -53,6 +53,9 @@ enum rl_dict_flags {
 	RL_DICT_KEEPTTL = 4,   /* a present key keeps its expiry */
 };
 
+/* Sums of per-stripe counters read without locks: while writes run, bytes
+ * can momentarily read above the limit (stripes are read at different
+ * instants); the bytes actually held never exceed it. */
 typedef struct rl_dict_stats {
 	uint64_t keys;        /* stored, including expired ones not yet swept */
 	uint64_t bytes;       /* accounted: entries, keys and value capacity */
@@ -188,9 +191,10 @@ uint64_t rl_dict_scan(rl_dict *d, uint64_t cursor, unsigned count,
 int rl_dict_scan_buf(rl_dict *d, uint64_t *cursor, unsigned count,
 		     int64_t now_ms, uint8_t *buf, size_t cap, size_t *used);
 /* Background expiry: check at most budget entries that have an expiry
- * (budget counts entries examined, not deleted), continuing where the last
- * call left off, and delete the expired ones.  Returns how many were
- * deleted; a result close to budget suggests calling again soon. */
+ * (budget counts entries examined, not deleted; at most 256 per stripe and
+ * one visit to each stripe per call), continuing where the last call left
+ * off, and delete the expired ones.  Returns how many were deleted; a
+ * result close to budget suggests calling again soon. */
 unsigned rl_dict_sweep(rl_dict *d, unsigned budget, int64_t now_ms);
 void rl_dict_stats_get(rl_dict *d, rl_dict_stats *out);
 
