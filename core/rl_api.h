@@ -129,6 +129,19 @@ int rl_conn_shutdown(rl_worker *w, uint32_t conn, uint32_t gen);
  * connection its bytes are forwarded to is backed up. */
 int rl_conn_pause(rl_worker *w, uint32_t conn, uint32_t gen, int pause);
 
+/* Ask for a DRAIN event once the connection's unsent bytes are at or below
+ * --low-water (at once if they already are).  The core asks by itself when
+ * a connection passes --high-water. */
+int rl_conn_want_drain(rl_worker *w, uint32_t conn, uint32_t gen);
+
+/* On (the default), a connection stops reading while its own unsent bytes
+ * are over --high-water: a client that never reads cannot make the server
+ * buffer without bound.  A proxy turns it off on both sides of a pair and
+ * pauses the source instead: reading replies must go on while requests
+ * queue, or proxy and a blocking upstream wait for each other forever. */
+int rl_conn_set_backpressure(rl_worker *w, uint32_t conn, uint32_t gen,
+			     int on);
+
 /* With eof events on, the peer's EOF is reported as an EOF event and the
  * connection stays open for sending until the handler closes or shuts it
  * down; off (the default), EOF closes once every answer is sent. */

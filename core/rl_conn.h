@@ -47,6 +47,7 @@ struct rl_conn {
 	uint8_t wr_shut_req;    /* shut down writing once sends are out */
 	uint8_t wr_shut;        /* ... done */
 	uint8_t drain_notify;   /* went over high water: report the drain */
+	uint8_t no_self_pause;  /* its own unsent bytes do not stop its reads */
 	int32_t rx_bid;         /* buffer of the arrival being offered */
 	int close_reason;
 	uint32_t inflight_bytes;

@@ -109,6 +109,18 @@ static void vec_free(struct rl_vec *v)
 	memset(v, 0, sizeof(*v));
 }
 
+static inline void fill_event(rl_event *ev, uint32_t type, uint32_t idx,
+			      uint32_t gen, int32_t res)
+{
+	ev->type = type;
+	ev->conn = idx;
+	ev->gen = gen;
+	ev->bid = -1;
+	ev->ptr = NULL;
+	ev->len = 0;
+	ev->res = res;
+}
+
 /* -- Submission ---------------------------------------------------------- */
 
 static void submit_now(struct rl_worker *w)
@@ -247,7 +259,8 @@ static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 
 static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
-	if (!c->recv_paused && c->sq.bytes > w->cfg->high_water) {
+	if (!c->recv_paused && !c->no_self_pause &&
+	    c->sq.bytes > w->cfg->high_water) {
 		/* The peer does not read what we send: stop reading what it
 		 * sends until our queue drains. */
 		c->recv_paused = 1;
@@ -276,6 +289,9 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		if (c->sq.bytes && !c->send_inflight)
 			submit_send(w, c, idx);
 		backpressure(w, c, idx);
+		if (unlikely(c->drain_notify) && c->sq.bytes <= w->cfg->low_water &&
+		    !c->send_inflight)
+			vec_push64(&w->drained, (uint64_t)c->gen << 32 | idx);
 		if (c->wr_shut_req && !c->wr_shut && !c->sq.bytes &&
 		    !c->send_inflight) {
 			shutdown(c->fd, SHUT_WR);
@@ -348,11 +364,36 @@ static void rearm_listeners(struct rl_worker *w, uint64_t now)
 
 static void release_held(struct rl_worker *w)
 {
-	uint32_t *bids = w->held.p;
+	uint32_t *bids = w->held.p, *slots = w->released.p;
 
 	for (uint32_t i = 0; i < w->held.n; i++)
 		rl_bufring_unref(&w->br, bids[i]);
 	w->held.n = 0;
+	for (uint32_t i = 0; i < w->released.n; i++)
+		rl_conntab_release(&w->conns, slots[i]);
+	w->released.n = 0;
+}
+
+/* DRAIN events asked for with rl_conn_want_drain whose queue is already
+ * low: no send completion will come to report them. */
+static int emit_drained(struct rl_worker *w, rl_event *ev, int n, int max)
+{
+	uint64_t *q = w->drained.p;
+
+	while (w->drained.head < w->drained.n && n < max) {
+		uint64_t e = q[w->drained.head++];
+		uint32_t idx = (uint32_t)e;
+		struct rl_conn *c = rl_conntab_get(&w->conns, idx,
+						   (uint32_t)(e >> 32));
+
+		if (!c || c->state != RL_CONN_OPEN || !c->drain_notify)
+			continue;
+		c->drain_notify = 0;
+		fill_event(&ev[n++], RL_EV_DRAIN, idx, c->gen, 0);
+	}
+	if (w->drained.head == w->drained.n)
+		w->drained.head = w->drained.n = 0;
+	return n;
 }
 
 static NOINLINE void begin_stop(struct rl_worker *w)
@@ -401,17 +442,6 @@ static NOINLINE void abort_all(struct rl_worker *w)
 
 /* -- Completions ---------------------------------------------------------- */
 
-static inline void fill_event(rl_event *ev, uint32_t type, uint32_t idx,
-			      uint32_t gen, int32_t res)
-{
-	ev->type = type;
-	ev->conn = idx;
-	ev->gen = gen;
-	ev->bid = -1;
-	ev->ptr = NULL;
-	ev->len = 0;
-	ev->res = res;
-}
 
 static NOINLINE int on_accept(struct rl_worker *w, struct io_uring_cqe *cqe,
 			      rl_event *ev)
@@ -668,7 +698,11 @@ static int emit_closed(struct rl_worker *w, rl_event *ev, int n, int max)
 		ev[n].len = 0;
 		ev[n].res = c->close_reason;
 		n++;
-		rl_conntab_release(&w->conns, idx);
+		/* Freed at the next poll, once Lua has run on_close: a handler
+		 * earlier in this batch must not get this slot for a new
+		 * connection while its CLOSE is still to be dispatched. */
+		if (vec_push32(&w->released, idx))
+			rl_conntab_release(&w->conns, idx);
 	}
 	if (w->closed.head == w->closed.n)
 		w->closed.head = w->closed.n = 0;
@@ -730,6 +764,8 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 	rl_bufring_publish(&w->br);
 
 	n = emit_closed(w, ev, 0, max);
+	if (unlikely(w->drained.n))
+		n = emit_drained(w, ev, n, max);
 	if (unlikely(w->reload_pending) && n < max) {
 		memset(&ev[n], 0, sizeof(ev[n]));
 		ev[n++].type = RL_EV_RELOAD;
@@ -750,7 +786,8 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 			break;
 		}
 	}
-	wait_completions(w, n == 0 && w->work.n == 0 && w->closed.n == 0,
+	wait_completions(w, n == 0 && w->work.n == 0 && w->closed.n == 0 &&
+			 w->drained.n == 0,
 			 now ? now : now_ns());
 	w->loop_ns = now_ns();
 	n = reap(w, ev, n, max);
@@ -1006,6 +1043,32 @@ int rl_conn_pause(rl_worker *w, uint32_t conn, uint32_t gen, int pause)
 	return 0;
 }
 
+int rl_conn_want_drain(rl_worker *w, uint32_t conn, uint32_t gen)
+{
+	struct rl_conn *c = live_conn(w, conn, gen);
+
+	if (!c)
+		return -ENOTCONN;
+	c->drain_notify = 1;
+	queue_work(w, c, conn);
+	return 0;
+}
+
+int rl_conn_set_backpressure(rl_worker *w, uint32_t conn, uint32_t gen,
+			     int on)
+{
+	struct rl_conn *c = live_conn(w, conn, gen);
+
+	if (!c)
+		return -ENOTCONN;
+	c->no_self_pause = !on;
+	if (!on && c->recv_paused) {
+		c->recv_paused = 0;
+		queue_work(w, c, conn);
+	}
+	return 0;
+}
+
 int rl_conn_set_eof_event(rl_worker *w, uint32_t conn, uint32_t gen, int on)
 {
 	struct rl_conn *c = live_conn(w, conn, gen);
@@ -1193,6 +1256,8 @@ void rl_worker_teardown(struct rl_worker *w)
 	vec_free(&w->work);
 	vec_free(&w->parked);
 	vec_free(&w->closed);
+	vec_free(&w->released);
+	vec_free(&w->drained);
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
 	w->wake_fd = -1;

@@ -11,6 +11,8 @@
 --                                   connect (default 5000)
 --   RINGLINE_PROXY_CHECK_INTERVAL   ms between active health checks (a
 --                                   connect), 0 = off (default 2000)
+--   RINGLINE_PROXY_HIGH_WATER       unsent bytes on one side that pause
+--                                   reading the other (default 1 MiB)
 --
 -- Each client connection gets one upstream connection.  Bytes go both ways
 -- as received slices (no copy); when one side's unsent bytes pass the high
@@ -39,7 +41,7 @@ local CONNECT_TIMEOUT = env_ms("RINGLINE_PROXY_CONNECT_TIMEOUT", 2000)
 local IDLE_TIMEOUT = env_ms("RINGLINE_PROXY_IDLE_TIMEOUT", 300000)
 local DOWN_TIME = env_ms("RINGLINE_PROXY_DOWN_TIME", 5000)
 local CHECK_INTERVAL = env_ms("RINGLINE_PROXY_CHECK_INTERVAL", 2000)
-local HIGH_WATER = 1024 * 1024
+local HIGH_WATER = env_ms("RINGLINE_PROXY_HIGH_WATER", 1024 * 1024)
 
 if BALANCE ~= "roundrobin" and BALANCE ~= "leastconn" then
   error("RINGLINE_PROXY_BALANCE must be roundrobin or leastconn", 0)
@@ -57,7 +59,7 @@ end
 local rr = 0
 
 -- The next upstream that is up, skipping those already tried for this
--- client; nil when none is left.
+-- client; nil when none is left (all tried or marked down).
 local function pick(tried)
   local now = ringline.now_ms()
   local best
@@ -73,11 +75,17 @@ local function pick(tried)
     end
   end
   if best then return best end
-  -- Every upstream is marked down: try the ones not tried yet anyway,
-  -- rather than refuse a client on stale health information.
+  -- Every upstream left is marked down: one attempt, at the one marked
+  -- down longest ago (it may be back even without active checks), rather
+  -- than a connect timeout per upstream.
+  if tried.down_attempt then return nil end
   for _, u in ipairs(upstreams) do
-    if not tried[u] then return u end
+    if not tried[u] and (not best or u.down_until < best.down_until) then
+      best = u
+    end
   end
+  tried.down_attempt = best ~= nil
+  return best
 end
 
 local function mark_down(u, reason)
@@ -99,7 +107,10 @@ end
 -- Forward a slice; pause the source while the destination is backed up.
 local function forward(src, dst, data)
   dst:send(data)
-  if dst:unsent() > HIGH_WATER then src:pause() end
+  if dst:unsent() > HIGH_WATER then
+    src:pause()
+    dst:want_drain()      -- whatever --high-water/--low-water say
+  end
 end
 
 local connect_upstream
@@ -138,9 +149,12 @@ local upstream_handlers = {
     st.u.active = st.u.active - 1
     local client = st.client
     if not st.connected then
-      -- Refused, unreachable or timed out: try another upstream.
-      mark_down(st.u, reason)
-      if not client.closed then connect_upstream(client) end
+      -- Refused, unreachable or timed out: try another upstream.  Closed
+      -- by us (the client left first) says nothing about its health.
+      if reason ~= "local" and reason ~= "shutdown" then
+        mark_down(st.u, reason)
+        if not client.closed then connect_upstream(client) end
+      end
       return
     end
     if not client.closed then
@@ -166,6 +180,9 @@ function connect_upstream(client)
   end
   u.active = u.active + 1
   up.state.client, up.state.u = client, u
+  -- Backpressure across the pair (forward), not per side: see
+  -- conn:set_backpressure.
+  up:set_backpressure(false)
   cs.pending = up
   -- What the client sent while earlier attempts failed goes first; sends
   -- queue until the connect completes, and so does a half-close.
@@ -194,6 +211,7 @@ return {
   end,
 
   on_open = function(client)
+    client:set_backpressure(false)
     if IDLE_TIMEOUT > 0 then client:set_timeout(IDLE_TIMEOUT) end
     client.state.tried = {}
     connect_upstream(client)

@@ -134,6 +134,23 @@ function methods.resume(c)
   return true
 end
 
+-- On (default): stop reading this connection while its own unsent bytes
+-- are over --high-water.  Off: the handler applies backpressure itself
+-- (a proxy pausing the other side of a pair).
+function methods.set_backpressure(c, on)
+  if c.closed then return nil, "closed" end
+  C.rl_conn_set_backpressure(W, c._idx, c._gen, on and 1 or 0)
+  return true
+end
+
+-- on_drain(conn) will fire once unsent bytes are at or below --low-water
+-- (soon, if they already are): pair it with pausing a source.
+function methods.want_drain(c)
+  if c.closed then return nil, "closed" end
+  C.rl_conn_want_drain(W, c._idx, c._gen)
+  return true
+end
+
 -- Bytes queued and not yet sent.
 function methods.unsent(c)
   if c.closed then return 0 end
