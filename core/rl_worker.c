@@ -173,6 +173,15 @@ static void cancel_recv(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0));
 }
 
+static void cancel_connect(struct rl_worker *w, struct rl_conn *c,
+			   uint32_t idx)
+{
+	struct io_uring_sqe *sqe = get_sqe(w);
+
+	io_uring_prep_cancel64(sqe, ud_make(OP_CONNECT, c->gen, idx), 0);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0));
+}
+
 static void arm_accept(struct rl_worker *w, int li)
 {
 	struct io_uring_sqe *sqe = get_sqe(w);
@@ -420,6 +429,8 @@ static NOINLINE void begin_stop(struct rl_worker *w)
 		c->close_req = 1;
 		if (!c->close_reason)
 			c->close_reason = RL_CLOSE_SHUTDOWN;
+		if (c->state == RL_CONN_CONNECTING)
+			cancel_connect(w, c, i);
 		queue_work(w, c, i);
 	}
 	rl_info(w->id, "stopping: draining %u connection(s), up to %u ms",
@@ -962,6 +973,9 @@ int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 		c->aborting = 1;
 	else
 		c->close_req = 1;
+	/* An abort does not wait for a connect in flight to time out. */
+	if (abort && c->state == RL_CONN_CONNECTING)
+		cancel_connect(w, c, conn);
 	queue_work(w, c, conn);
 	return 0;
 }
