@@ -118,6 +118,7 @@ bench: bench-deps all $(BENCH_TOOLS)
 	bash tests/bench/bench_http.sh $(BUILD)
 	python3 tests/bench/bench_reload.py $(BUILD)
 	bash tests/bench/bench_proxy.sh $(BUILD)
+	bash tests/bench/bench_redis.sh $(BUILD)
 
 # -- Install ------------------------------------------------------------------
 install: all

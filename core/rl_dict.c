@@ -557,6 +557,7 @@ struct wctx {
 			      * between tries */
 	int tries;
 	bool big;            /* after -EAGAIN: bigger than s's whole budget */
+	bool spare_only;     /* take only unused budget from others */
 	bool no_steal;       /* make room by evicting from s only */
 };
 
@@ -580,15 +581,16 @@ static int fit(struct wctx *w, uint64_t old, uint64_t new, struct entry *keep)
 		w->want = bytes + new - budget - old;
 		if (pool_take(d, s, w->want))
 			continue;
-		/* Evicting all of s would not do, or s lent out part of its
-		 * share: take from the others first. */
+		/* Before evicting here, borrow what other stripes own and do
+		 * not use: while the dictionary is far from its limit nothing
+		 * should be evicted.  Evicting in other stripes too only if
+		 * evicting all of s would not do, or s lent out its share. */
 		w->big = new > budget;
-		if (!w->no_steal && (w->big || budget < d->share))
+		w->spare_only = !w->big && budget >= d->share;
+		if (!w->no_steal)
 			return -EAGAIN;
 		if (evict_one(s, keep, w->now))
 			continue;
-		if (!w->no_steal)
-			return -EAGAIN;
 		return -ENOMEM;
 	}
 }
@@ -622,10 +624,15 @@ static uint64_t give(rl_dict *d, struct stripe *v, uint64_t x, bool evict,
 	return x;
 }
 
-/* Collect w->want of budget from other stripes: spare budget first, then by
- * evicting, a little from each so that no one stripe's keys pay for a big
- * value.  A stripe winning back its share takes only from stripes above
- * theirs.  No lock held. */
+/* Collect w->want of budget from other stripes.  Spare budget (what a
+ * stripe owns but does not use) costs nobody anything, so it goes first:
+ * a little from each stripe, then whatever any stripe can spare.  Only then
+ * is room made by evicting, a little from each so that no one stripe's keys
+ * pay for a big value; a stripe winning back its share evicts only in
+ * stripes above theirs.  Taking spare greedily from a few stripes would
+ * leave them nothing, and their next small write would have to evict the
+ * big value to win its share back while the dictionary is nearly empty.
+ * No lock held. */
 static uint64_t steal(struct wctx *w)
 {
 	rl_dict *d = w->d;
@@ -636,7 +643,12 @@ static uint64_t steal(struct wctx *w)
 		return 0;
 	start = atomic_fetch_add_explicit(&d->steal_next, 1, memory_order_relaxed);
 	for (int pass = 0; pass < 4 && got < want; pass++) {
-		uint64_t per = pass ? (want - got) / (n - 1) + 1 : want, got0 = got;
+		bool evict = pass >= 2;
+
+		if (evict && w->spare_only)
+			break;
+		uint64_t per = pass == 1 ? want - got : (want - got) / (n - 1) + 1;
+		uint64_t got0 = got;
 
 		if (per < d->chunk)
 			per = d->chunk;
@@ -645,9 +657,10 @@ static uint64_t steal(struct wctx *w)
 			uint64_t x = want - got < per ? want - got : per;
 
 			if (v != w->s)
-				got += give(d, v, x, pass > 0, !w->big, w->now);
+				got += give(d, v, x, evict, evict && !w->big,
+					    w->now);
 		}
-		if (pass && got == got0)
+		if (evict && got == got0)
 			break;
 	}
 	return got;
