@@ -1373,6 +1373,34 @@ static void test_threads_mixed(void **state)
 	rl_dict_free(d);
 }
 
+/* A value far bigger than one stripe's share borrows unused budget from
+ * the others; small writes afterwards, in its stripe or elsewhere, must
+ * borrow too rather than evict it while the dictionary is nearly empty. */
+static void test_big_value_not_evicted_below_limit(void **state)
+{
+	rl_dict *d = rl_dict_new(256u << 20, 64);
+	size_t big = 40u << 20;
+	char *v = malloc(big), key[32];
+	rl_dict_stats st;
+
+	(void)state;
+	assert_non_null(d);
+	assert_non_null(v);
+	memset(v, 'b', big);
+	assert_int_equal(rl_dict_set(d, "big", 3, v, big, 0, 0, NOW, NULL), 0);
+	for (int i = 0; i < 20000; i++) {
+		int n = snprintf(key, sizeof(key), "k%d", i);
+
+		assert_int_equal(rl_dict_set(d, key, n, "v", 1, 0, 0, NOW, NULL), 0);
+	}
+	assert_int_equal(rl_dict_exists(d, "big", 3, NOW), 1);
+	rl_dict_stats_get(d, &st);
+	assert_int_equal(st.evictions, 0);
+	assert_int_equal(st.keys, 20001);
+	free(v);
+	rl_dict_free(d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1395,6 +1423,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_blob_refs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
 		cmocka_unit_test(test_resize),
+		cmocka_unit_test(test_big_value_not_evicted_below_limit),
 		cmocka_unit_test_setup_teardown(test_threads_incr, setup, teardown),
 		cmocka_unit_test(test_threads_mixed),
 	};
