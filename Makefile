@@ -9,10 +9,11 @@ PKGS := liburing luajit
 # libluajit-5.1-dev: it conflicts with libnginx-mod-http-lua (HTTP bench).
 DEPS_BUILD := gcc make pkg-config liburing-dev libluajit2-5.1-dev luajit2 \
 	libcmocka-dev
-DEPS_TEST := python3 procps util-linux curl redis-server redis-tools
+DEPS_TEST := python3 procps util-linux curl redis-server redis-tools \
+	memcached libmemcached-tools
 DEPS := $(DEPS_BUILD) $(DEPS_TEST)
 # The peers the benchmarks compare against, installed by `make bench`.
-DEPS_BENCH := wrk nginx-light libnginx-mod-http-lua haproxy memcached
+DEPS_BENCH := wrk nginx-light libnginx-mod-http-lua haproxy
 
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
@@ -119,6 +120,7 @@ bench: bench-deps all $(BENCH_TOOLS)
 	python3 tests/bench/bench_reload.py $(BUILD)
 	bash tests/bench/bench_proxy.sh $(BUILD)
 	bash tests/bench/bench_redis.sh $(BUILD)
+	bash tests/bench/bench_memcached.sh $(BUILD)
 
 # -- Install ------------------------------------------------------------------
 install: all

@@ -135,6 +135,10 @@ static int resolve_listen(struct rl_shared *sh, const struct rl_config *cfg,
 	sh->naddrs = n;
 	for (int i = 0; i < n; i++) {
 		sh->unix_fds[i] = -1;
+		if (rl_listen_probe(&sh->addrs[i], err, sizeof(err))) {
+			fprintf(stderr, "ringline: %s\n", err);
+			return -1;
+		}
 		if (!sh->addrs[i].is_unix)
 			continue;
 		sh->unix_fds[i] = rl_listen_open(&sh->addrs[i], err, sizeof(err));

@@ -128,6 +128,28 @@ fail:
 	return ret;
 }
 
+int rl_listen_probe(const struct rl_addr *a, char *err, size_t len)
+{
+	int fd, one = 1, ret = 0;
+
+	if (a->is_unix)
+		return 0;
+	/* Without SO_REUSEPORT this bind fails if anything listens there,
+	 * another ringline included: SO_REUSEPORT would otherwise let two
+	 * processes share the port silently, each with its own state. */
+	fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&a->sa, a->len)) {
+		ret = -errno;
+		snprintf(err, len, "cannot listen on '%s': %s", a->text,
+			 strerror(errno));
+	}
+	close(fd);
+	return ret;
+}
+
 int rl_addr_peer_text(int fd, char *buf, size_t len)
 {
 	struct sockaddr_storage ss;

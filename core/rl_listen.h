@@ -22,6 +22,10 @@ int rl_addr_parse(const char *s, struct rl_addr *a, char *err, size_t errlen);
  * Returns the fd or -errno with the reason in err. */
 int rl_listen_open(const struct rl_addr *a, char *err, size_t errlen);
 
+/* Fail if the TCP address is in use by anyone, even a process using
+ * SO_REUSEPORT too.  0 or -errno with the reason in err. */
+int rl_listen_probe(const struct rl_addr *a, char *err, size_t errlen);
+
 /* Text for a connected peer: "1.2.3.4:5", "[::1]:5" or "unix". */
 int rl_addr_peer_text(int fd, char *buf, size_t len);
 

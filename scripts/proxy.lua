@@ -59,7 +59,7 @@ end
 local rr = 0
 
 -- The next upstream that is up, skipping those already tried for this
--- client; nil when none is left (all tried or marked down).
+-- client; nil when every upstream has been tried.
 local function pick(tried)
   local now = ringline.now_ms()
   local best
@@ -75,16 +75,14 @@ local function pick(tried)
     end
   end
   if best then return best end
-  -- Every upstream left is marked down: one attempt, at the one marked
-  -- down longest ago (it may be back even without active checks), rather
-  -- than a connect timeout per upstream.
-  if tried.down_attempt then return nil end
+  -- Every upstream left is marked down: try them anyway, the one marked
+  -- down longest ago first (it may be back before a health check says so);
+  -- a refused connect costs nothing, an unanswered one its timeout.
   for _, u in ipairs(upstreams) do
     if not tried[u] and (not best or u.down_until < best.down_until) then
       best = u
     end
   end
-  tried.down_attempt = best ~= nil
   return best
 end
 
