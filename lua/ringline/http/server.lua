@@ -59,10 +59,13 @@ local function reset_response(res, conn, head_only, keep_alive, minor)
 end
 
 -- The Date header (RFC 9110 6.6.1), made once per second.
+-- time() through the FFI: os.time is a C function the JIT cannot compile,
+-- and this runs once per response.
+pcall(ffi.cdef, "long time(long *t);")
 local date_sec, date_line = -1, ""
-local os_time, os_date = os.time, os.date
+local os_date = os.date
 local function date_header()
-  local t = os_time()
+  local t = tonumber(C.time(nil))
   if t ~= date_sec then
     date_sec = t
     date_line = os_date("!Date: %a, %d %b %Y %H:%M:%S GMT\r\n", t)
