@@ -260,6 +260,20 @@ end
 -- function that runs the loop.  Errors here stop the process at startup.
 function M.prepare(wptr, script)
   local w = ffi.cast("rl_worker *", wptr)
+  -- RINGLINE_JIT_LOG=FILE: LuaJIT's own trace log (jit.v), to see which
+  -- handler paths compile and why a trace aborts.  Every worker appends.
+  local jit_log = os.getenv("RINGLINE_JIT_LOG")
+  if jit_log and jit_log ~= "" then require("jit.v").on(jit_log) end
+  -- RINGLINE_JIT_PROFILE=MODE[,FILE]: LuaJIT's sampling profiler (jit.p),
+  -- e.g. "v" for time per VM state, "Fl" for functions and lines; the
+  -- report is written when the worker stops.
+  local profile = os.getenv("RINGLINE_JIT_PROFILE")
+  local profiler
+  if profile and profile ~= "" then
+    local mode, file = profile:match("^([^,]*),?(.*)$")
+    profiler = require("jit.p")
+    profiler.start(mode, file ~= "" and file or nil)
+  end
   ringline._bind(w)
   timer.set_logger(ringline.error)
   connmod.bind(w)
@@ -272,7 +286,10 @@ function M.prepare(wptr, script)
   if svc.max_unconsumed then
     C.rl_worker_set_max_unconsumed(w, svc.max_unconsumed)
   end
-  return function() return run(w, svc, script) end
+  return function()
+    run(w, svc, script)
+    if profiler then profiler.stop() end
+  end
 end
 
 return M
