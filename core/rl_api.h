@@ -166,6 +166,16 @@ int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,
  * deadline), so Lua timers fire even when no I/O happens. */
 void rl_worker_wake_at(rl_worker *w, uint64_t ns);
 
+/* The worker's clock, read once per poll right after the wait: every
+ * handler of one batch sees one time (as nginx's cached time and Redis's
+ * cached mstime), and no handler pays a clock read per request.  Lua reads
+ * the fields through the pointer; they change only inside rl_worker_poll. */
+typedef struct rl_clock {
+	uint64_t mono_ns;       /* CLOCK_MONOTONIC: timers, idle timeouts */
+	int64_t unix_ms;        /* CLOCK_REALTIME in ms: expiry times */
+} rl_clock;
+const rl_clock *rl_worker_clock(rl_worker *w);
+
 /* -- Reload -------------------------------------------------------------- */
 
 /* A RELOAD event asks every worker to load the new code into its own state
@@ -182,7 +192,8 @@ uint64_t rl_reload_round(rl_worker *w);
 
 /* The process's dictionary (--dict-memory), shared by every worker. */
 rl_dict *rl_shared_dict(rl_worker *w);
-/* Wall clock in ms since the epoch, for expiry times. */
+/* Wall clock in ms since the epoch, read now (rl_worker_clock has the
+ * batch's cached value). */
 int64_t rl_unix_ms(void);
 
 /* -- Worker facts -------------------------------------------------------- */

@@ -63,6 +63,15 @@ static inline uint32_t ud_idx(uint64_t ud) { return (uint32_t)ud; }
 
 #define now_ns rl_now_ns
 
+static void clock_read(rl_clock *c)
+{
+	struct timespec ts;
+
+	c->mono_ns = now_ns();
+	clock_gettime(CLOCK_REALTIME, &ts);
+	c->unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* -- Small vectors ------------------------------------------------------- */
 
 static NOINLINE int vec_grow(struct rl_vec *v, size_t elem)
@@ -486,7 +495,7 @@ static NOINLINE int on_accept(struct rl_worker *w, struct io_uring_cqe *cqe,
 		goto reject;
 	}
 	c->fd = fd;
-	c->active_ns = w->loop_ns;
+	c->active_ns = w->clock.mono_ns;
 	if (!l->is_unix)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	w->stats.accepted++;
@@ -556,7 +565,7 @@ static inline int on_recv(struct rl_worker *w, struct io_uring_cqe *cqe,
 	if (likely(res > 0 && bid >= 0 && c && c->state == RL_CONN_OPEN &&
 		   !c->close_req && !c->aborting)) {
 		w->stats.bytes_in += (uint64_t)res;
-		c->active_ns = w->loop_ns;
+		c->active_ns = w->clock.mono_ns;
 		if (likely(vec_push32(&w->held, (uint32_t)bid) == 0)) {
 			ev->type = RL_EV_DATA;
 			ev->conn = idx;
@@ -596,7 +605,7 @@ static int on_send(struct rl_worker *w, struct io_uring_cqe *cqe,
 	if (likely(res > 0)) {
 		rl_sendq_advance(&c->sq, &w->pool, &w->br, (size_t)res);
 		w->stats.bytes_out += (uint64_t)res;
-		c->active_ns = w->loop_ns;
+		c->active_ns = w->clock.mono_ns;
 		/* A short send means the peer reads slower than we write:
 		 * give its ring buffers back by copying what is left. */
 		c->slow = (uint32_t)res < c->inflight_bytes;
@@ -720,6 +729,8 @@ static int emit_closed(struct rl_worker *w, rl_event *ev, int n, int max)
 	return n;
 }
 
+/* now: the clock if the caller read it, else 0 (read here only when a
+ * deadline needs it: the common wait has none). */
 static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 {
 	struct io_uring_cqe *cqe;
@@ -733,8 +744,11 @@ static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 		ret = io_uring_submit_and_get_events(&w->ring);
 		goto out;
 	}
-	if (w->stopping)
+	if (w->stopping) {
+		if (!now)
+			now = now_ns();
 		until = w->aborted ? now + 100000000ull : w->deadline_ns;
+	}
 	if (w->wake_at_ns && w->wake_at_ns < until)
 		until = w->wake_at_ns;
 	for (int i = 0; i < w->nls; i++)
@@ -744,7 +758,11 @@ static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 	if (until == UINT64_MAX) {
 		ret = io_uring_submit_and_wait(&w->ring, 1);
 	} else {
-		uint64_t d = until > now ? until - now : 0;
+		uint64_t d;
+
+		if (!now)
+			now = now_ns();
+		d = until > now ? until - now : 0;
 
 		ts.tv_sec = d / 1000000000ull;
 		ts.tv_nsec = d % 1000000000ull;
@@ -798,9 +816,8 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 		}
 	}
 	wait_completions(w, n == 0 && w->work.n == 0 && w->closed.n == 0 &&
-			 w->drained.n == 0,
-			 now ? now : now_ns());
-	w->loop_ns = now_ns();
+			 w->drained.n == 0, now);
+	clock_read(&w->clock);
 	n = reap(w, ev, n, max);
 	return emit_closed(w, ev, n, max);
 }
@@ -950,6 +967,11 @@ int rl_conn_send_blob(rl_worker *w, uint32_t conn, uint32_t gen, rl_blob *b,
 rl_dict *rl_shared_dict(rl_worker *w)
 {
 	return w->shared->dict;
+}
+
+const rl_clock *rl_worker_clock(rl_worker *w)
+{
+	return &w->clock;
 }
 
 int64_t rl_unix_ms(void)
@@ -1182,6 +1204,7 @@ int rl_worker_setup(struct rl_worker *w)
 
 	w->max_unconsumed = cfg->max_unconsumed;
 	w->wake_fd = -1;
+	clock_read(&w->clock);
 	ret = setup_ring(w);
 	if (ret) {
 		snprintf(w->setup_err, sizeof(w->setup_err),

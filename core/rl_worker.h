@@ -84,7 +84,7 @@ struct rl_worker {
 	int aborted;
 	uint64_t deadline_ns;
 	uint64_t wake_at_ns;        /* earliest Lua timer, 0 = none */
-	uint64_t loop_ns;           /* clock read once per poll */
+	rl_clock clock;             /* read once per poll, after the wait */
 	int reload_pending;
 	uint64_t voted_round;       /* last reload round this worker voted in */
 

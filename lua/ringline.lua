@@ -56,6 +56,9 @@ M.connect = function(...) return require("ringline.conn").connect(...) end
 
 local timer = require "ringline.timer"
 -- Timers: ringline.after(ms, fn), ringline.every(ms, fn); t:cancel().
-M.after, M.every, M.now_ms = timer.after, timer.every, timer.now_ms
+-- Time: now_ms() (monotonic) and unix_ms() (wall clock), both the time the
+-- current batch of events was polled.
+M.after, M.every = timer.after, timer.every
+M.now_ms, M.unix_ms = timer.now_ms, timer.unix_ms
 
 return M

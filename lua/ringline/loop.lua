@@ -124,6 +124,7 @@ local function run(w, svc, script)
   local on_eof, on_drain = svc.on_eof, svc.on_drain
 
   local run_due, now_ms = timer.run_due, timer.now_ms
+  timer.use_clock(C.rl_worker_clock(w))
   local i, n = 0, 0
   local cur
   local now = now_ms()

@@ -29,13 +29,30 @@ typedef struct { long tv_sec; long tv_nsec; } rl_timespec;
 int clock_gettime(int clk, rl_timespec *ts);
 ]])
 local ts = ffi.new("rl_timespec")
-local CLOCK_MONOTONIC = 1
+local CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
+
+-- While a worker's loop runs, time is the worker's clock, read once per
+-- poll (rl_worker_clock): one time per batch, no clock read per request.
+-- Before that (a script's top level and init) and outside ringline, the
+-- clock is read on every call.
+local clock = nil
 
 local function now_ms()
+  if clock then return tonumber(clock.mono_ns) / 1e6 end
   C.clock_gettime(CLOCK_MONOTONIC, ts)
   return tonumber(ts.tv_sec) * 1e3 + tonumber(ts.tv_nsec) / 1e6
 end
 M.now_ms = now_ms
+
+-- Wall clock in whole ms since the epoch (for expiry times).
+function M.unix_ms()
+  if clock then return tonumber(clock.unix_ms) end
+  C.clock_gettime(CLOCK_REALTIME, ts)
+  return tonumber(ts.tv_sec) * 1e3 + floor(tonumber(ts.tv_nsec) / 1e6)
+end
+
+-- c: the worker's const rl_clock *, or nil to read the clock on every call.
+function M.use_clock(c) clock = c end
 
 local function swap(i, j)
   local a, b = heap[i], heap[j]

@@ -207,6 +207,36 @@ def _stats(sock, timeout):
     return int(m[1]), int(m[2]), int(m[3]), m[4]
 
 
+def test_batch_clock(ctx):
+    """ringline.unix_ms/now_ms: the time the batch was polled, fresh after
+    an idle wait, constant within a handler, moving between batches."""
+    srv = ctx.server(f"{SCRIPTS}/api.lua", args=["--workers", "1"])
+    t = 5 * ctx.factor
+    s = connect(srv.addr)
+    try:
+        recv_line(s, t, what="greeting")
+        samples = []
+        for _ in range(3):
+            time.sleep(0.3)          # idle: the worker waits, then reads the clock
+            before = time.time() * 1000
+            s.sendall(b"time\n")
+            ln = recv_line(s, t, what="time reply").decode()
+            after = time.time() * 1000
+            m = re.match(r"time unix=(\d+) mono=([\d.]+) same=([01])\n", ln)
+            check(m, f"bad time reply {ln!r}")
+            unix, mono, same = int(m[1]), float(m[2]), m[3]
+            check(same == "1", "two clock reads in one handler differ")
+            # Whole ms, truncated: within [before - 1, after].
+            check(before - 1 <= unix <= after,
+                  f"unix_ms {unix} not within [{before:.0f}, {after:.0f}]: stale?")
+            samples.append(mono)
+        d1, d2 = samples[1] - samples[0], samples[2] - samples[1]
+        check(250 <= d1 <= 3000 * ctx.factor and 250 <= d2 <= 3000 * ctx.factor,
+              f"now_ms moved {d1:.1f} and {d2:.1f} ms across 300 ms sleeps")
+    finally:
+        s.close()
+
+
 def test_connection_api(ctx):
     srv = ctx.server(f"{SCRIPTS}/api.lua", args=["--workers", "1"])
     t = 5 * ctx.factor

@@ -6,6 +6,8 @@
 --   close      -> "bye", then conn:close()
 --   bigclose   -> 1 MiB of "x", "END", then conn:close() (graceful)
 --   echo TEXT  -> TEXT
+--   time       -> "time unix=MS mono=MS same=0|1" (same: two reads in one
+--                 handler agree, the batch's cached clock)
 -- on_open greets with "hello id=ID peer=PEER".
 local opens, closes, inits, last_reason = 0, 0, 0, "none"
 
@@ -25,6 +27,11 @@ local function handle(conn, cmd)
     conn:send(string.rep("x", 1024 * 1024))
     conn:send("END\n")
     conn:close()
+  elseif cmd == "time" then
+    local ringline = require "ringline"
+    local u, m = ringline.unix_ms(), ringline.now_ms()
+    local same = (u == ringline.unix_ms() and m == ringline.now_ms()) and 1 or 0
+    conn:send(string.format("time unix=%.0f mono=%.3f same=%d\n", u, m, same))
   elseif cmd:sub(1, 5) == "echo " then
     conn:send(cmd:sub(6) .. "\n")
   else

@@ -13,6 +13,7 @@ local ringline = require "ringline"
 
 local C = ffi.C
 local type, tostring, pairs, error = type, tostring, pairs, error
+local floor = math.floor
 local parse_request, decode_chunked = parser.parse_request, parser.decode_chunked
 
 local M = {}
@@ -58,14 +59,13 @@ local function reset_response(res, conn, head_only, keep_alive, minor)
   res.minor = minor
 end
 
--- The Date header (RFC 9110 6.6.1), made once per second.
--- time() through the FFI: os.time is a C function the JIT cannot compile,
--- and this runs once per response.
-pcall(ffi.cdef, "long time(long *t);")
+-- The Date header (RFC 9110 6.6.1), made once per second from the time the
+-- batch was polled (ringline.unix_ms: no clock read per response).
+local unix_ms = ringline.unix_ms
 local date_sec, date_line = -1, ""
 local os_date = os.date
 local function date_header()
-  local t = tonumber(C.time(nil))
+  local t = floor(unix_ms() / 1000)
   if t ~= date_sec then
     date_sec = t
     date_line = os_date("!Date: %a, %d %b %Y %H:%M:%S GMT\r\n", t)
