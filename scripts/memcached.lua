@@ -147,7 +147,7 @@ end
 local function put_u64(v)
   local n = tonumber(v)
   if n < 1e14 then
-    out:put(n)
+    out:putf("%d", n)
   elseif n < 9007199254740992 then
     out:putf("%.0f", n)
   else
@@ -173,7 +173,7 @@ local function retrieve(conn, s, op, now)
       local vl = b.len
       out:put("VALUE ")
       out:putcdata(s.base + ko, kl)
-      out:put(" ", flags_out[0], " ", vl)
+      out:putf(" %d %d", flags_out[0], vl)
       if with_cas then
         out:put(" ")
         put_u64(cas_out[0])

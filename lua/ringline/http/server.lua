@@ -99,7 +99,7 @@ local function put_head(res, len)
   elseif res.minor == 0 then
     out:put("Connection: keep-alive\r\n")   -- HTTP/1.0 asked for it
   end
-  out:put("Content-Length: ", len, "\r\n\r\n")
+  out:putf("Content-Length: %d\r\n\r\n", len)
 end
 
 local function send_out(conn)
