@@ -261,6 +261,19 @@ end
 -- function that runs the loop.  Errors here stop the process at startup.
 function M.prepare(wptr, script)
   local w = ffi.cast("rl_worker *", wptr)
+  -- The protocol parsers are long straight-line code: a side trace through
+  -- a whole HTTP request head holds more than LuaJIT's default 500 IR
+  -- constants, aborts ("trace too long") and leaves that path to the
+  -- interpreter.  RINGLINE_JIT_OPT ("maxirconst=N maxrecord=N ...")
+  -- overrides or adds to these.
+  jit.opt.start("maxirconst=2000")
+  local jit_opt = os.getenv("RINGLINE_JIT_OPT")
+  if jit_opt and jit_opt ~= "" then
+    local opts = {}
+    for o in jit_opt:gmatch("%S+") do opts[#opts + 1] = o end
+    local ok, err = pcall(jit.opt.start, unpack(opts))
+    if not ok then error("RINGLINE_JIT_OPT: " .. tostring(err), 0) end
+  end
   -- RINGLINE_JIT_LOG=FILE: LuaJIT's own trace log (jit.v), to see which
   -- handler paths compile and why a trace aborts.  Every worker appends.
   local jit_log = os.getenv("RINGLINE_JIT_LOG")

@@ -109,3 +109,72 @@ def test_no_script_is_usage_error(ctx):
     rc, out, err, _ = run_cli(ctx, ["--listen", f"tcp://127.0.0.1:{free_port()}"])
     check(rc == 2, f"`ringline` without a script exited {rc}, want 2; stderr {err.strip()[:300]!r}")
     check(err.strip(), "no message on stderr when the script is missing from the command line")
+
+
+def test_jit_environment(ctx):
+    """RINGLINE_JIT_OPT is applied (a bad flag stops startup, naming the
+    variable); RINGLINE_JIT_LOG and RINGLINE_JIT_PROFILE write LuaJIT's
+    trace log and the profiler's report (at stop)."""
+    import os
+    import signal
+    import socket
+
+    env = ctx.server_env()
+    env["RINGLINE_JIT_OPT"] = "maxirconst=3000 bogus=1"
+    port = free_port()
+    p = subprocess.run([ctx.bin, "-w", "1", "--listen", f"tcp://127.0.0.1:{port}",
+                        "scripts/echo.lua"], cwd=REPO, env=env, capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=10 * ctx.factor)
+    err = p.stderr.decode("utf-8", "replace")
+    check(p.returncode == 2, f"a bad RINGLINE_JIT_OPT flag: exit {p.returncode}, want 2")
+    check("RINGLINE_JIT_OPT" in err and "bogus=1" in err,
+          f"the error does not name RINGLINE_JIT_OPT and the flag: {err.strip()[:300]!r}")
+
+    trace_log = os.path.join(ctx.tmpdir, "jit.log")
+    profile = os.path.join(ctx.tmpdir, "jit.profile")
+    env["RINGLINE_JIT_OPT"] = "maxirconst=3000 hotloop=10"
+    env["RINGLINE_JIT_LOG"] = trace_log
+    env["RINGLINE_JIT_PROFILE"] = f"v,{profile}"
+    port = free_port()
+    srv = subprocess.Popen([ctx.bin, "-w", "1", "--listen", f"tcp://127.0.0.1:{port}",
+                            "scripts/echo.lua"], cwd=REPO, env=env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10 * ctx.factor
+        while True:
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                check(time.monotonic() < deadline and srv.poll() is None,
+                      "server with RINGLINE_JIT_* set did not start")
+                time.sleep(0.05)
+        with s:
+            s.settimeout(5 * ctx.factor)
+            # Round trips for 1.5 s: traces form, the profiler samples.
+            t_end = time.monotonic() + 1.5
+            i = 0
+            while time.monotonic() < t_end:
+                i += 1
+                msg = b"ping %d\n" % i * 50
+                s.sendall(msg)
+                got = b""
+                while len(got) < len(msg):
+                    chunk = s.recv(65536)
+                    check(chunk, "echo closed the connection")
+                    got += chunk
+                check(got == msg, f"echo returned {got!r} for {msg!r}")
+        srv.send_signal(signal.SIGTERM)
+        _, err = srv.communicate(timeout=10 * ctx.factor)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    check(srv.returncode == 0, f"exit {srv.returncode} after SIGTERM: {err.decode()[-300:]!r}")
+    with open(trace_log) as f:
+        log = f.read()
+    check("[TRACE" in log, f"RINGLINE_JIT_LOG file has no trace lines: {log[:300]!r}")
+    with open(profile) as f:
+        rep = f.read()
+    check(re.search(r"\d+%\s+\w", rep), f"RINGLINE_JIT_PROFILE report has no percentages: {rep[:300]!r}")
