@@ -213,7 +213,7 @@ to_us() {
         else print "" }'
 }
 
-declare -A RPS P50 P99 WCPU SCPU CORE NOTE FAIL
+declare -A RPS P50 P99 WCPU SCPU EFF CORE NOTE FAIL
 FAILED=0
 
 # One measured run of server $1 in mode $2; keeps the best req/s.
@@ -301,6 +301,7 @@ run_one() {
         P99[$key]=$p99
         WCPU[$key]=${wcpu:--}
         SCPU[$key]=$scpu
+        EFF[$key]=$(per_cpu_second "$rps" "$scpu")
         CORE[$key]=$core
         NOTE[$key]=$note
     fi
@@ -340,10 +341,17 @@ for mode in "${MODES[@]}"; do
 done
 echo >&2
 
-fmt='%-13s | %-9s | %12s | %9s | %9s | %13s | %15s | %8s | %11s | %10s\n'
+# wrk used >= 95% of its core in run $1 (server|mode): its rate is then
+# (partly) the client's limit, not the server's.
+wrk_saturated() {
+    [[ ${WCPU[$1]:--} != - ]] && awk -v c="${WCPU[$1]}" 'BEGIN { exit !(c >= 95) }'
+}
+
+fmt='%-13s | %-9s | %12s | %9s | %9s | %13s | %15s | %8s | %11s | %14s | %13s | %15s | %10s\n'
 # shellcheck disable=SC2059
-printf "$fmt" server mode req/s p50 p99 "vs nginx+lua" "vs nginx return" "wrk CPU" "server CPU" "core$SERVER_CPU busy"
-printf '%s\n' "--------------+-----------+--------------+-----------+-----------+---------------+-----------------+----------+-------------+-----------"
+printf "$fmt" server mode req/s p50 p99 "vs nginx+lua" "vs nginx return" "wrk CPU" "server CPU" \
+    "req/CPU-second" "vs nginx+lua" "vs nginx return" "core$SERVER_CPU busy"
+printf '%s\n' "--------------+-----------+--------------+-----------+-----------+---------------+-----------------+----------+-------------+----------------+---------------+-----------------+-----------"
 client_bound=()
 notes=()
 for mode in "${MODES[@]}"; do
@@ -351,15 +359,16 @@ for mode in "${MODES[@]}"; do
         key="$s|$mode"
         if [[ -z ${RPS[$key]:-} ]]; then
             # shellcheck disable=SC2059
-            printf "$fmt" "$(label_of "$s")" "$mode" "${FAIL[$key]:-FAIL}" - - - - - - -
+            printf "$fmt" "$(label_of "$s")" "$mode" "${FAIL[$key]:-FAIL}" - - - - - - - - - -
             continue
         fi
         # shellcheck disable=SC2059
         printf "$fmt" "$(label_of "$s")" "$mode" "${RPS[$key]}" "$(fmt_us "${P50[$key]}")" \
             "$(fmt_us "${P99[$key]}")" "$(ratio "${RPS[$key]}" "${RPS[nginx-lua|$mode]:-}" x)" \
             "$(ratio "${RPS[$key]}" "${RPS[nginx-return|$mode]:-}" x)" "${WCPU[$key]}%" "${SCPU[$key]}%" \
-            "${CORE[$key]}%"
-        if [[ ${WCPU[$key]} != - ]] && awk -v c="${WCPU[$key]}" 'BEGIN { exit !(c >= 95) }'; then
+            "${EFF[$key]:--}" "$(ratio "${EFF[$key]:-}" "${EFF[nginx-lua|$mode]:-}" x)" \
+            "$(ratio "${EFF[$key]:-}" "${EFF[nginx-return|$mode]:-}" x)" "${CORE[$key]}%"
+        if wrk_saturated "$key"; then
             client_bound+=("$(label_of "$s")/$mode")
         fi
         [[ -z ${NOTE[$key]} ]] || notes+=("$(label_of "$s")/$mode: ${NOTE[$key]%; }")
@@ -371,6 +380,8 @@ echo "p50/p99: plain = wrk's latency distribution (with wrk's coordinated-omissi
 echo "         pipelined = per batch of $DEPTH (write to last response), measured histogram rebuilt by pipeline.lua"
 echo "         (wrk's correction assumes one response per write and breaks its own percentiles with pipelining)."
 echo "wrk CPU = wrk user+sys / wall time; server CPU = server process(es) user+sys / wall time;"
+echo "req/CPU-second = req/s / server CPU: what one core of the server does per second of its time,"
+echo "        the per-core measure when a server does not saturate its core (wrk -t1 often saturates its own first);"
 echo "core$SERVER_CPU busy = busy share of the server's core from /proc/stat (softirq and any other load there included)."
 if [[ ${#client_bound[@]} -gt 0 ]]; then
     echo "note: wrk saturated its core (>= 95%) for: ${client_bound[*]} -- those rates are (partly) a client limit."
@@ -403,10 +414,20 @@ for mode in "${MODES[@]}"; do
             verdict="NOT met"
             unmet=1
         fi
-        printf '  %-9s vs %-13s: req/s %sx (want >= %s: %s), p99 %s vs %s (%s) -> %s\n' \
+        # The verdict stays in req/s; the per-core ratio is shown beside it
+        # because a saturated wrk pulls every req/s ratio towards 1.
+        sat=""
+        if wrk_saturated "$r" && wrk_saturated "$o"; then
+            sat="; wrk saturated its core (>= 95%) in both runs: the req/s ratio is a client limit"
+        elif wrk_saturated "$r"; then
+            sat="; wrk saturated its core (>= 95%) against ringline: the req/s ratio is partly a client limit"
+        elif wrk_saturated "$o"; then
+            sat="; wrk saturated its core (>= 95%) against $(label_of "$other"): the req/s ratio is partly a client limit"
+        fi
+        printf '  %-9s vs %-13s: req/s %sx (want >= %s: %s), p99 %s vs %s (%s) -> %s   (req/CPU-second %s%s)\n' \
             "$mode" "$(label_of "$other")" "$x" "$want" "$([[ $rate_ok -eq 1 ]] && echo ok || echo no)" \
             "$(fmt_us "${P99[$r]}")" "$(fmt_us "${P99[$o]}")" "$([[ $p99_ok -eq 1 ]] && echo lower || echo "not lower")" \
-            "$verdict"
+            "$verdict" "$(ratio "${EFF[$r]:-}" "${EFF[$o]:-}" x)" "$sat"
     done
 done
 
