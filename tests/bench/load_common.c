@@ -200,30 +200,29 @@ int peer_connect(const struct peer *p, int idx)
     return fd;
 }
 
-ssize_t send_some(int fd, const void *buf, size_t len, int id)
+/* send_some and recv_some in one: the error handling is the same.  buf is
+ * only written when receiving. */
+static ssize_t sock_io(int fd, void *buf, size_t len, int id, bool sending)
 {
     for (;;) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        ssize_t n = sending ? send(fd, buf, len, MSG_NOSIGNAL) : recv(fd, buf, len, 0);
         if (n >= 0)
             return n;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return -1;
         if (errno != EINTR)
-            die("conn %d: send failed: %s", id, strerror(errno));
+            die("conn %d: %s failed: %s", id, sending ? "send" : "recv", strerror(errno));
     }
+}
+
+ssize_t send_some(int fd, const void *buf, size_t len, int id)
+{
+    return sock_io(fd, (void *)buf, len, id, true);
 }
 
 ssize_t recv_some(int fd, void *buf, size_t len, int id)
 {
-    for (;;) {
-        ssize_t n = recv(fd, buf, len, 0);
-        if (n >= 0)
-            return n;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return -1;
-        if (errno != EINTR)
-            die("conn %d: recv failed: %s", id, strerror(errno));
-    }
+    return sock_io(fd, buf, len, id, false);
 }
 
 int ep_create(void)
