@@ -30,7 +30,10 @@ HEADERS := $(wildcard core/*.h)
 CDEF := lua/ringline/cdef.lua
 
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
-BENCH_TOOLS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.c))
+# load_common.c is not a tool: the load generators link it.
+BENCH_TOOLS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,\
+	$(filter-out tests/bench/load_common.c,$(wildcard tests/bench/*.c)))
+LOAD_TOOLS := $(BUILD)/bench/echo_load $(BUILD)/bench/mc_load
 
 .PHONY: all deps bench-deps install-pkgs run test unit lua-test integration asan asan-test bench \
 	install clean
@@ -110,9 +113,15 @@ test: all
 	$(MAKE) asan-test
 
 # -- Benchmarks (not tests) -------------------------------------------------
+BENCH_CFLAGS := -O2 -g -std=gnu11 -Wall -Wextra
+
 $(BUILD)/bench/%: tests/bench/%.c
 	@mkdir -p $(BUILD)/bench
-	$(CC) -O2 -g -std=gnu11 -Wall -Wextra -o $@ $<
+	$(CC) $(BENCH_CFLAGS) -o $@ $<
+
+$(LOAD_TOOLS): $(BUILD)/bench/%: tests/bench/%.c tests/bench/load_common.c tests/bench/load_common.h
+	@mkdir -p $(BUILD)/bench
+	$(CC) $(BENCH_CFLAGS) -o $@ $< tests/bench/load_common.c
 
 bench: bench-deps all $(BENCH_TOOLS)
 	bash tests/bench/bench_echo.sh $(BUILD)

@@ -14,13 +14,11 @@
 #   RINGLINE_ARGS=""     extra ringline options (e.g. buffer settings), added to both ringline rows
 set -euo pipefail
 
-die() { echo "bench_echo: $*" >&2; exit 1; }
+BENCH_NAME=bench_echo
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# -eq 1 ]] || die "usage: bash tests/bench/bench_echo.sh BUILD_DIR"
-BUILD=$(cd "$1" && pwd) || die "no such build dir: $1"
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-# Server command lines use scripts/echo.lua relative to the repo root.
-cd "$REPO"
+bench_args "$@"
 
 DURATION=${BENCH_SECONDS:-5}
 WARMUP=${BENCH_WARMUP:-1}
@@ -42,17 +40,12 @@ CONFIGS=(
     "c+:16K/d4/c10 16384 4 10"
 )
 
-is_num() { [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; }
 is_num "$DURATION" || die "BENCH_SECONDS must be a number, got '$DURATION'"
 is_num "$WARMUP" || die "BENCH_WARMUP must be a number, got '$WARMUP'"
-[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
+is_int "$REPEAT" || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
 [[ ${#SERVERS[@]} -gt 0 ]] || die "BENCH_SERVERS is empty"
 
-NCPU=$(nproc)
-for c in "$SERVER_CPU" "$CLIENT_CPU"; do
-    [[ $c =~ ^[0-9]+$ && $c -lt $NCPU ]] || die "core $c not available (nproc=$NCPU)"
-done
-[[ $SERVER_CPU != "$CLIENT_CPU" ]] || echo "bench_echo: warning: server and client share core $SERVER_CPU" >&2
+check_cores "$SERVER_CPU" "$CLIENT_CPU" "server and client"
 command -v taskset >/dev/null || die "taskset not found (util-linux)"
 [[ -x $LOAD ]] || die "missing $LOAD (build it first)"
 
@@ -83,91 +76,19 @@ for s in "${SERVERS[@]}"; do
     [[ $s != lua || -f scripts/echo.lua ]] || die "missing $REPO/scripts/echo.lua"
 done
 
-TMP=$(mktemp -d /tmp/bench_echo.XXXXXX)
 SRV_PID=""
 LOAD_PID=""
-cleanup() {
-    local p
-    for p in $LOAD_PID $SRV_PID; do
-        kill -TERM "$p" 2>/dev/null || true
-    done
-    for p in $LOAD_PID $SRV_PID; do
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_busy() {
-    if command -v ss >/dev/null; then
-        # Any socket state counts: a lingering TIME_WAIT can make bind fail without SO_REUSEADDR.
-        [[ -n $(ss -Htan "( sport = :$1 )" 2>/dev/null) ]]
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-
-# Advances PORT to the next free one (global, so no subshell).
-next_port() {
-    PORT=$((PORT + 1))
-    while port_busy "$PORT"; do
-        PORT=$((PORT + 1))
-        [[ $PORT -lt 65000 ]] || die "no free port found"
-    done
-}
-
-# Returns 0 once the server accepts a TCP connection, 1 if it dies or takes over 10 s.
-wait_ready() {
-    local pid=$1 port=$2 i
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    return 1
-}
-
-# SIGTERM, then SIGKILL after 5 s. Returns 1 if the server had already died.
-stop_server() {
-    local pid=$1 i alive=0
-    kill -0 "$pid" 2>/dev/null && alive=1
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "bench_echo: server $pid ignored SIGTERM, killing" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    SRV_PID=""
-    [[ $alive -eq 1 ]]
-}
-
-# Prints "busy total" jiffies of one core; the server core's busy share covers
-# every thread, child process and softirq that runs there.
-core_jiffies() {
-    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
-}
-
-# sleep in the background so a SIGINT/SIGTERM trap runs at once, not after the sleep.
-nap() {
-    sleep "$1" &
-    wait $!
-}
-
-fcmp_gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
+# Unquoted: either may be empty.
+# shellcheck disable=SC2086,SC2317  # runs from the exit trap
+stop_procs() { stop_pids $LOAD_PID $SRV_PID; }
+bench_tmp
 
 declare -A RATE MBPS CCPU SCPU FAIL
 FAILED=0
 
 # Runs one load against server $2 for config $1 (index into CONFIGS); keeps the best rate.
 run_one() {
-    local ci=$1 srv=$2 name size depth conns key log out err rc=0 b0 t0 b1 t1 line kv
+    local ci=$1 srv=$2 name size depth conns key log out err rc=0 line rate
     read -r name size depth conns <<<"${CONFIGS[$ci]}"
     key="$ci|$srv"
     next_port
@@ -178,9 +99,10 @@ run_one() {
     taskset -c "$SERVER_CPU" "${CMD[@]}" >"$log" 2>&1 &
     SRV_PID=$!
     if ! wait_ready "$SRV_PID" "$PORT"; then
-        echo "bench_echo: $(label_of "$srv") did not start on port $PORT: ${CMD[*]}" >&2
+        warn "$(label_of "$srv") did not start on port $PORT: ${CMD[*]}"
         tail -n 20 "$log" >&2 || true
-        stop_server "$SRV_PID" || true
+        stop_pids "$SRV_PID"
+        SRV_PID=""
         FAIL[$key]="no-start"
         FAILED=1
         return 0
@@ -189,52 +111,43 @@ run_one() {
     taskset -c "$CLIENT_CPU" "$LOAD" --host 127.0.0.1 --port "$PORT" --conns "$conns" \
         --size "$size" --depth "$depth" --duration "$DURATION" --warmup "$WARMUP" >"$out" 2>"$err" &
     LOAD_PID=$!
-    # Sample the server core inside the measured window (skip warmup and the last moments).
-    nap "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.2 }')"
-    read -r b0 t0 < <(core_jiffies "$SERVER_CPU")
-    nap "$(awk -v d="$DURATION" 'BEGIN { s = d - 0.4; print (s > 0.1 ? s : 0.1) }')"
-    read -r b1 t1 < <(core_jiffies "$SERVER_CPU")
+    core_window "$SERVER_CPU" "$WARMUP" "$DURATION"
     wait "$LOAD_PID" || rc=$?
     LOAD_PID=""
 
-    if ! stop_server "$SRV_PID"; then
-        echo "bench_echo: $(label_of "$srv") died during the run (config $name)" >&2
+    if ! kill -0 "$SRV_PID" 2>/dev/null; then
+        warn "$(label_of "$srv") died during the run (config $name)"
         tail -n 20 "$log" >&2 || true
         [[ $rc -ne 0 ]] || rc=1
     fi
+    stop_pids "$SRV_PID"
+    SRV_PID=""
     line=$(grep -m1 '^RESULT ' "$out" || true)
     if [[ $rc -ne 0 || -z $line ]]; then
-        echo "bench_echo: load failed against $(label_of "$srv") (config $name, rc=$rc):" >&2
+        warn "load failed against $(label_of "$srv") (config $name, rc=$rc):"
         cat "$err" >&2 || true
         FAIL[$key]="FAIL"
         FAILED=1
         return 0
     fi
-    declare -A r=()
-    for kv in $line; do
-        [[ $kv == *=* ]] && r[${kv%%=*}]=${kv#*=}
-    done
-    local scpu
-    scpu=$(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.1f", (t > 0 ? 100 * b / t : 0) }')
+    local scpu ccpu
+    rate=$(field msgs_per_s "$line")
+    ccpu=$(field client_cpu_pct "$line")
+    scpu=$(pct "$WIN_BUSY" "$WIN_TOTAL" 1)
     printf '  %-14s %-13s run: %12s msgs/s  client %5s%%  server core %5s%%\n' \
-        "$name" "$(label_of "$srv")" "${r[msgs_per_s]}" "${r[client_cpu_pct]}" "$scpu" >&2
-    if [[ -z ${RATE[$key]:-} ]] || fcmp_gt "${r[msgs_per_s]}" "${RATE[$key]}"; then
-        RATE[$key]=${r[msgs_per_s]}
-        MBPS[$key]=${r[mb_per_s]}
-        CCPU[$key]=${r[client_cpu_pct]}
+        "$name" "$(label_of "$srv")" "$rate" "$ccpu" "$scpu" >&2
+    if [[ -z ${RATE[$key]:-} ]] || float_gt "$rate" "${RATE[$key]}"; then
+        RATE[$key]=$rate
+        MBPS[$key]=$(field mb_per_s "$line")
+        CCPU[$key]=$ccpu
         SCPU[$key]=$scpu
     fi
 }
 
-cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 echo "== ringline echo benchmark =="
-echo "date:      $(date '+%Y-%m-%d %H:%M:%S %z')"
-echo "kernel:    $(uname -r)"
-echo "cpu:       ${cpu_model:-unknown} (nproc=$NCPU)"
+host_lines 11
 echo "gcc:       $(gcc --version 2>/dev/null | head -n1 || echo 'not found')"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo none)
-if [[ -n $(git status --porcelain 2>/dev/null) ]]; then commit+=" (dirty)"; fi
-echo "commit:    $commit"
+echo "commit:    $(git_commit)"
 echo "pinning:   server taskset -c $SERVER_CPU, load generator taskset -c $CLIENT_CPU"
 echo "settings:  duration=${DURATION}s warmup=${WARMUP}s repeat=$REPEAT (best of N, servers alternate)"
 echo "servers:"
@@ -261,22 +174,12 @@ echo
 
 for ((ci = 0; ci < ${#CONFIGS[@]}; ci++)); do
     for ((rep = 0; rep < REPEAT; rep++)); do
-        # Rotate the server order each repeat so none always runs first.
-        n=${#SERVERS[@]}
-        for ((k = 0; k < n; k++)); do
-            run_one "$ci" "${SERVERS[$(((k + rep) % n))]}"
+        for s in $(rotated "$rep" "${SERVERS[@]}"); do
+            run_one "$ci" "$s"
         done
     done
 done
 echo >&2
-
-ratio() {
-    if [[ -n $1 && -n $2 ]]; then
-        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'
-    else
-        echo "-"
-    fi
-}
 
 fmt='%-14s | %-13s | %12s | %8s | %11s | %12s | %11s | %9s\n'
 # shellcheck disable=SC2059

@@ -23,13 +23,11 @@
 #   RINGLINE=BUILD_DIR/ringline   RINGLINE_ARGS=""   extra ringline options
 set -euo pipefail
 
-die() { echo "bench_http: $*" >&2; exit 1; }
-warn() { echo "bench_http: $*" >&2; }
+BENCH_NAME=bench_http
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# -eq 1 ]] || die "usage: bash tests/bench/bench_http.sh BUILD_DIR"
-BUILD=$(cd "$1" 2>/dev/null && pwd) || die "no such build dir: $1"
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$REPO"     # scripts/http.lua is relative to the repo root
+bench_args "$@"
 
 DURATION=${BENCH_SECONDS:-5}
 WARMUP=${BENCH_WARMUP:-1}
@@ -50,8 +48,6 @@ NGX_MODDIR=/usr/lib/nginx/modules
 INSTALL_HINT="apt-get install wrk nginx-light libnginx-mod-http-lua"
 
 # -- Settings and tools --------------------------------------------------------
-is_num() { [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; }
-is_int() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 is_int "$DURATION" || die "BENCH_SECONDS must be a positive whole number (wrk -d), got '$DURATION'"
 is_num "$WARMUP" || die "BENCH_WARMUP must be a number, got '$WARMUP'"
 is_int "$REPEAT" || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
@@ -59,16 +55,9 @@ is_int "$CONNS" || die "BENCH_CONNECTIONS must be a positive integer, got '$CONN
 is_int "$THREADS" || die "BENCH_THREADS must be a positive integer, got '$THREADS'"
 is_int "$DEPTH" || die "BENCH_DEPTH must be a positive integer, got '$DEPTH'"
 [[ ${#SERVERS[@]} -gt 0 ]] || die "BENCH_SERVERS is empty"
-[[ ${#MODES[@]} -gt 0 ]] || die "BENCH_MODES is empty"
-for m in "${MODES[@]}"; do
-    [[ $m == plain || $m == pipelined ]] || die "unknown mode '$m' in BENCH_MODES (want plain, pipelined)"
-done
+check_modes
 
-NCPU=$(nproc)
-for c in "$SERVER_CPU" "$CLIENT_CPU"; do
-    [[ $c =~ ^[0-9]+$ && $c -lt $NCPU ]] || die "core $c not available (nproc=$NCPU)"
-done
-[[ $SERVER_CPU != "$CLIENT_CPU" ]] || warn "warning: server and wrk share core $SERVER_CPU"
+check_cores "$SERVER_CPU" "$CLIENT_CPU" "server and wrk"
 command -v taskset >/dev/null || die "taskset not found: apt-get install util-linux"
 command -v wrk >/dev/null || die "wrk not found: $INSTALL_HINT"
 
@@ -105,68 +94,17 @@ label_of() {
 }
 
 # -- Processes ------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/bench_http.XXXXXX)
-chmod 755 "$TMP"       # nginx workers run as nobody when started by root
 SRV_PID=""
 WRK_PID=""
-
-# The pid and its children (nginx: the master and its worker).
-proc_tree() {
-    local p=$1
-    echo "$p"
-    cat /proc/"$p"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+$' || true
-}
-
-kill_tree() {
-    local pid=$1 kids p i
-    kids=$(proc_tree "$pid" | tail -n +2 | tr '\n' ' ')
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        warn "server $pid ignored SIGTERM, killing"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    for p in $kids; do
-        kill -KILL "$p" 2>/dev/null || true
-    done
-}
-
-# shellcheck disable=SC2317  # runs from the trap
-cleanup() {
-    local p
-    if [[ -n $WRK_PID ]]; then
-        # The subshell and wrk, its child.
-        for p in $(proc_tree "$WRK_PID"); do
-            kill -TERM "$p" 2>/dev/null || true
-        done
-        wait "$WRK_PID" 2>/dev/null || true
-    fi
+# shellcheck disable=SC2317  # runs from the exit trap
+stop_procs() {
+    # The subshell and wrk, its child (one pid a word).
+    # shellcheck disable=SC2046
+    [[ -z $WRK_PID ]] || stop_pids $(proc_tree "$WRK_PID")
     [[ -z $SRV_PID ]] || kill_tree "$SRV_PID"
-    rm -rf "$TMP"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_busy() {
-    if command -v ss >/dev/null; then
-        # Any state counts: a lingering TIME_WAIT can make bind fail.
-        [[ -n $(ss -Htan "( sport = :$1 )" 2>/dev/null) ]]
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-
-next_port() {
-    PORT=$((PORT + 1))
-    while port_busy "$PORT"; do
-        PORT=$((PORT + 1))
-        [[ $PORT -lt 65000 ]] || die "no free port found"
-    done
-}
+bench_tmp
+chmod 755 "$TMP"       # nginx workers run as nobody when started by root
 
 # Writes an nginx.conf for server $1 on port $2 into directory $3.
 nginx_conf() {
@@ -221,6 +159,7 @@ server_cmd() {
 }
 
 # The response body of GET / on port $1.
+# shellcheck disable=SC2317  # called through answers_hello, the wait_ready probe
 fetch_hello() {
     if command -v curl >/dev/null; then
         curl -s --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null || true
@@ -233,39 +172,11 @@ fetch_hello() {
     fi
 }
 
-# 0 once the server on port $2 answers GET / with "hello world"; 1 if it
-# dies or does not within 10 s.
-wait_ready() {
-    local pid=$1 port=$2 i
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            [[ $(fetch_hello "$port") == "hello world" ]] && return 0
-        fi
-        sleep 0.05
-    done
-    return 1
+# wait_ready probe: 0 when the server on port $1 answers GET / with "hello world".
+# shellcheck disable=SC2317  # called by wait_ready
+answers_hello() {
+    port_open "$1" && [[ $(fetch_hello "$1") == "hello world" ]]
 }
-
-# utime + stime clock ticks of a process and its children's threads.
-tree_ticks() {
-    local total=0 p t
-    for p in $(proc_tree "$1"); do
-        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
-        total=$((total + t))
-    done
-    echo "$total"
-}
-
-# "busy total tasks" jiffies of one core: busy covers every process, thread
-# and softirq that ran there (other load included); tasks is user + nice +
-# system, the processes' share, without interrupts.
-core_jiffies() {
-    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $2 + $3 + $4 }' /proc/stat
-}
-
-now_ns() { date +%s%N; }
-CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 # Runs wrk (mode $1, port $2, seconds $3) into $4; writes "cpu_seconds wall_seconds" to $4.cpu.
 run_wrk() {
@@ -302,14 +213,7 @@ to_us() {
         else print "" }'
 }
 
-fmt_us() {
-    [[ -n $1 ]] || { echo "-"; return; }
-    awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2fms", u / 1000; else printf "%.0fus", u }'
-}
-
-fcmp_gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
-
-declare -A RPS P50 P99 WCPU SCPU CORE NOTE FAIL
+declare -A RPS P50 P99 WCPU SCPU EFF CORE NOTE FAIL
 FAILED=0
 
 # One measured run of server $1 in mode $2; keeps the best req/s.
@@ -322,7 +226,7 @@ run_one() {
     out="$TMP/wrk.$srv.$mode.$PORT"
     taskset -c "$SERVER_CPU" "${CMD[@]}" >"$log" 2>&1 &
     SRV_PID=$!
-    if ! wait_ready "$SRV_PID" "$PORT"; then
+    if ! wait_ready "$SRV_PID" "$PORT" answers_hello; then
         warn "$(label_of "$srv") did not start (or did not answer GET / with hello world) on port $PORT: ${CMD[*]}"
         tail -n 20 "$log" >&2 || true
         [[ $srv == ringline ]] || tail -n 20 "$TMP/$srv.$PORT/error.log" >&2 2>/dev/null || true
@@ -332,7 +236,7 @@ run_one() {
         FAILED=1
         return 0
     fi
-    if fcmp_gt "$WARMUP" 0; then
+    if float_gt "$WARMUP" 0; then
         run_wrk "$mode" "$PORT" "$(awk -v w="$WARMUP" 'BEGIN { printf "%d", (w < 1 ? 1 : w) }')" \
             "$out.warmup" || true
     fi
@@ -356,9 +260,9 @@ run_one() {
         # wrk's own percentiles are wrong with pipelining (see pipeline.lua):
         # use the per-batch histogram pipeline.lua rebuilds.
         line=$(grep -m1 '^PIPELINE_LATENCY' "$out" || true)
-        p50=$(sed -n 's/.* p50_us=\([0-9]*\).*/\1/p' <<<"$line")
-        p99=$(sed -n 's/.* p99_us=\([0-9]*\).*/\1/p' <<<"$line")
-        batches=$(sed -n 's/.* batches=\([0-9]*\).*/\1/p' <<<"$line")
+        p50=$(field p50_us "$line")
+        p99=$(field p99_us "$line")
+        batches=$(field batches "$line")
         total=$(awk '/ requests in / { print $1; exit }' "$out")
         if [[ -z $p99 ]]; then
             note+="no per-batch latency (${line:-no PIPELINE_LATENCY line}); "
@@ -381,40 +285,32 @@ run_one() {
     non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
     [[ -z $errs ]] || note+="socket errors: $errs; "
     [[ -z $non2xx ]] || note+="non-2xx: $non2xx; "
-    scpu=$(awk -v t="$((s1 - s0))" -v hz="$CLK_TCK" -v ns="$((t1 - t0))" \
-        'BEGIN { printf "%.0f", (ns > 0 ? 100 * t / hz / (ns / 1e9) : 0) }')
+    scpu=$(ticks_pct "$((s1 - s0))" "$((t1 - t0))")
     wcpu=$(awk '{ printf "%.0f", ($2 > 0 ? 100 * $1 / $2 : 0) }' "$out.cpu" 2>/dev/null || true)
-    core=$(awk -v b="$((b1 - b0))" -v t="$((j1 - j0))" 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
-    # Processes other than the server on its core (the server's own ticks
-    # are USER_HZ too); more than a little means the numbers are disturbed.
-    other=$(awk -v k="$((k1 - k0))" -v s="$((s1 - s0))" -v t="$((j1 - j0))" \
-        'BEGIN { o = (t > 0 ? 100 * (k - s) / t : 0); printf "%.0f", (o < 0 ? 0 : o) }')
+    core=$(pct "$((b1 - b0))" "$((j1 - j0))")
+    other=$(other_pct "$((k1 - k0))" "$((s1 - s0))" "$((j1 - j0))")
     if [[ $other -gt 10 ]]; then
         note+="other processes used ${other}% of core $SERVER_CPU; "
     fi
     printf '  %-13s %-9s run: %12s req/s  p50 %9s  p99 %9s  wrk CPU %4s%%  server CPU %4s%%  core %s busy %4s%%%s\n' \
         "$(label_of "$srv")" "$mode" "$rps" "$(fmt_us "$p50")" "$(fmt_us "$p99")" "${wcpu:--}" "$scpu" \
         "$SERVER_CPU" "$core" "${note:+  (${note%; })}" >&2
-    if [[ -z ${RPS[$key]:-} ]] || fcmp_gt "$rps" "${RPS[$key]}"; then
+    if [[ -z ${RPS[$key]:-} ]] || float_gt "$rps" "${RPS[$key]}"; then
         RPS[$key]=$rps
         P50[$key]=$p50
         P99[$key]=$p99
         WCPU[$key]=${wcpu:--}
         SCPU[$key]=$scpu
+        EFF[$key]=$(per_cpu_second "$rps" "$scpu")
         CORE[$key]=$core
         NOTE[$key]=$note
     fi
 }
 
 # -- Header -----------------------------------------------------------------------
-cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo none)
-if [[ -n $(git status --porcelain 2>/dev/null) ]]; then commit+=" (dirty)"; fi
 echo "== ringline HTTP benchmark =="
-echo "date:        $(date '+%Y-%m-%d %H:%M:%S %z')"
-echo "kernel:      $(uname -r)"
-echo "cpu:         ${cpu_model:-unknown} (nproc=$NCPU)"
-echo "commit:      $commit"
+host_lines 13
+echo "commit:      $(git_commit)"
 echo "wrk:         $(wrk -v 2>&1 | head -n1 | sed 's/ Copyright.*//')"
 [[ -z $NGINX ]] || echo "nginx:       $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
 [[ $need_lua -eq 0 ]] || echo "nginx lua:   $(dpkg-query -W -f='libnginx-mod-http-lua ${Version}' libnginx-mod-http-lua 2>/dev/null || echo "$NGX_MODDIR/ngx_http_lua_module.so")"
@@ -438,26 +334,24 @@ echo
 # -- Runs -------------------------------------------------------------------------
 for mode in "${MODES[@]}"; do
     for ((rep = 0; rep < REPEAT; rep++)); do
-        n=${#SERVERS[@]}
-        for ((k = 0; k < n; k++)); do
-            run_one "${SERVERS[$(((k + rep) % n))]}" "$mode"
+        for s in $(rotated "$rep" "${SERVERS[@]}"); do
+            run_one "$s" "$mode"
         done
     done
 done
 echo >&2
 
-ratio() {
-    if [[ -n $1 && -n $2 ]]; then
-        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'
-    else
-        echo "-"
-    fi
+# wrk used >= 95% of its core in run $1 (server|mode): its rate is then
+# (partly) the client's limit, not the server's.
+wrk_saturated() {
+    [[ ${WCPU[$1]:--} != - ]] && awk -v c="${WCPU[$1]}" 'BEGIN { exit !(c >= 95) }'
 }
 
-fmt='%-13s | %-9s | %12s | %9s | %9s | %13s | %15s | %8s | %11s | %10s\n'
+fmt='%-13s | %-9s | %12s | %9s | %9s | %13s | %15s | %8s | %11s | %14s | %13s | %15s | %10s\n'
 # shellcheck disable=SC2059
-printf "$fmt" server mode req/s p50 p99 "vs nginx+lua" "vs nginx return" "wrk CPU" "server CPU" "core$SERVER_CPU busy"
-printf '%s\n' "--------------+-----------+--------------+-----------+-----------+---------------+-----------------+----------+-------------+-----------"
+printf "$fmt" server mode req/s p50 p99 "vs nginx+lua" "vs nginx return" "wrk CPU" "server CPU" \
+    "req/CPU-second" "vs nginx+lua" "vs nginx return" "core$SERVER_CPU busy"
+printf '%s\n' "--------------+-----------+--------------+-----------+-----------+---------------+-----------------+----------+-------------+----------------+---------------+-----------------+-----------"
 client_bound=()
 notes=()
 for mode in "${MODES[@]}"; do
@@ -465,15 +359,16 @@ for mode in "${MODES[@]}"; do
         key="$s|$mode"
         if [[ -z ${RPS[$key]:-} ]]; then
             # shellcheck disable=SC2059
-            printf "$fmt" "$(label_of "$s")" "$mode" "${FAIL[$key]:-FAIL}" - - - - - - -
+            printf "$fmt" "$(label_of "$s")" "$mode" "${FAIL[$key]:-FAIL}" - - - - - - - - - -
             continue
         fi
         # shellcheck disable=SC2059
         printf "$fmt" "$(label_of "$s")" "$mode" "${RPS[$key]}" "$(fmt_us "${P50[$key]}")" \
-            "$(fmt_us "${P99[$key]}")" "$(ratio "${RPS[$key]}" "${RPS[nginx-lua|$mode]:-}")" \
-            "$(ratio "${RPS[$key]}" "${RPS[nginx-return|$mode]:-}")" "${WCPU[$key]}%" "${SCPU[$key]}%" \
-            "${CORE[$key]}%"
-        if [[ ${WCPU[$key]} != - ]] && awk -v c="${WCPU[$key]}" 'BEGIN { exit !(c >= 95) }'; then
+            "$(fmt_us "${P99[$key]}")" "$(ratio "${RPS[$key]}" "${RPS[nginx-lua|$mode]:-}" x)" \
+            "$(ratio "${RPS[$key]}" "${RPS[nginx-return|$mode]:-}" x)" "${WCPU[$key]}%" "${SCPU[$key]}%" \
+            "${EFF[$key]:--}" "$(ratio "${EFF[$key]:-}" "${EFF[nginx-lua|$mode]:-}" x)" \
+            "$(ratio "${EFF[$key]:-}" "${EFF[nginx-return|$mode]:-}" x)" "${CORE[$key]}%"
+        if wrk_saturated "$key"; then
             client_bound+=("$(label_of "$s")/$mode")
         fi
         [[ -z ${NOTE[$key]} ]] || notes+=("$(label_of "$s")/$mode: ${NOTE[$key]%; }")
@@ -485,6 +380,8 @@ echo "p50/p99: plain = wrk's latency distribution (with wrk's coordinated-omissi
 echo "         pipelined = per batch of $DEPTH (write to last response), measured histogram rebuilt by pipeline.lua"
 echo "         (wrk's correction assumes one response per write and breaks its own percentiles with pipelining)."
 echo "wrk CPU = wrk user+sys / wall time; server CPU = server process(es) user+sys / wall time;"
+echo "req/CPU-second = req/s / server CPU: what one core of the server does per second of its time,"
+echo "        the per-core measure when a server does not saturate its core (wrk -t1 often saturates its own first);"
 echo "core$SERVER_CPU busy = busy share of the server's core from /proc/stat (softirq and any other load there included)."
 if [[ ${#client_bound[@]} -gt 0 ]]; then
     echo "note: wrk saturated its core (>= 95%) for: ${client_bound[*]} -- those rates are (partly) a client limit."
@@ -517,10 +414,20 @@ for mode in "${MODES[@]}"; do
             verdict="NOT met"
             unmet=1
         fi
-        printf '  %-9s vs %-13s: req/s %sx (want >= %s: %s), p99 %s vs %s (%s) -> %s\n' \
+        # The verdict stays in req/s; the per-core ratio is shown beside it
+        # because a saturated wrk pulls every req/s ratio towards 1.
+        sat=""
+        if wrk_saturated "$r" && wrk_saturated "$o"; then
+            sat="; wrk saturated its core (>= 95%) in both runs: the req/s ratio is a client limit"
+        elif wrk_saturated "$r"; then
+            sat="; wrk saturated its core (>= 95%) against ringline: the req/s ratio is partly a client limit"
+        elif wrk_saturated "$o"; then
+            sat="; wrk saturated its core (>= 95%) against $(label_of "$other"): the req/s ratio is partly a client limit"
+        fi
+        printf '  %-9s vs %-13s: req/s %sx (want >= %s: %s), p99 %s vs %s (%s) -> %s   (req/CPU-second %s%s)\n' \
             "$mode" "$(label_of "$other")" "$x" "$want" "$([[ $rate_ok -eq 1 ]] && echo ok || echo no)" \
             "$(fmt_us "${P99[$r]}")" "$(fmt_us "${P99[$o]}")" "$([[ $p99_ok -eq 1 ]] && echo lower || echo "not lower")" \
-            "$verdict"
+            "$verdict" "$(ratio "${EFF[$r]:-}" "${EFF[$o]:-}" x)" "$sat"
     done
 done
 

@@ -29,13 +29,11 @@
 #   RINGLINE=BUILD_DIR/ringline   RINGLINE_ARGS=""   extra ringline options
 set -euo pipefail
 
-die() { echo "bench_memcached: $*" >&2; exit 1; }
-warn() { echo "bench_memcached: $*" >&2; }
+BENCH_NAME=bench_memcached
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# -eq 1 ]] || die "usage: bash tests/bench/bench_memcached.sh BUILD_DIR"
-BUILD=$(cd "$1" 2>/dev/null && pwd) || die "no such build dir: $1"
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$REPO"     # scripts/memcached.lua is relative to the repo root
+bench_args "$@"
 
 DURATION=${BENCH_SECONDS:-5}
 WARMUP=${BENCH_WARMUP:-1}
@@ -58,8 +56,6 @@ TARGET=1.2
 INSTALL_HINT="apt-get install memcached libmemcached-tools"
 
 # -- Settings and tools --------------------------------------------------------
-is_num() { [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; }
-is_int() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 is_num "$DURATION" || die "BENCH_SECONDS must be a number, got '$DURATION'"
 is_num "$WARMUP" || die "BENCH_WARMUP must be a number, got '$WARMUP'"
 is_int "$REPEAT" || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
@@ -67,16 +63,9 @@ is_int "$CONNS" || die "BENCH_CONNECTIONS must be a positive integer, got '$CONN
 is_int "$DEPTH" || die "BENCH_DEPTH must be a positive integer, got '$DEPTH'"
 is_int "$KEYS" || die "BENCH_KEYS must be a positive integer, got '$KEYS'"
 is_num "$GET_RATIO" || die "BENCH_GET_RATIO must be a number in 0..1, got '$GET_RATIO'"
-[[ ${#MODES[@]} -gt 0 ]] || die "BENCH_MODES is empty"
-for m in "${MODES[@]}"; do
-    [[ $m == plain || $m == pipelined ]] || die "unknown mode '$m' in BENCH_MODES (want plain, pipelined)"
-done
+check_modes
 
-NCPU=$(nproc)
-for c in "$SERVER_CPU" "$CLIENT_CPU"; do
-    [[ $c =~ ^[0-9]+$ && $c -lt $NCPU ]] || die "core $c not available (nproc=$NCPU)"
-done
-[[ $SERVER_CPU != "$CLIENT_CPU" ]] || warn "warning: server and load share core $SERVER_CPU"
+check_cores "$SERVER_CPU" "$CLIENT_CPU" "server and load"
 command -v taskset >/dev/null || die "taskset not found: apt-get install util-linux"
 MEMCACHED=$(command -v memcached || true)
 [[ -n $MEMCACHED ]] || die "memcached not found: $INSTALL_HINT"
@@ -92,48 +81,12 @@ MC_USER=()
 [[ $(id -u) -ne 0 ]] || MC_USER=(-u root)   # memcached refuses to run as root otherwise
 
 # -- Processes ------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/bench_memcached.XXXXXX)
 SRV_PID=""
 LOAD_PID=""
-
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        warn "process $pid ignored SIGTERM, killing"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-# shellcheck disable=SC2317  # runs from the trap
-cleanup() {
-    [[ -z $LOAD_PID ]] || stop_pid "$LOAD_PID"
-    [[ -z $SRV_PID ]] || stop_pid "$SRV_PID"
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_busy() {
-    if command -v ss >/dev/null; then
-        [[ -n $(ss -Htan "( sport = :$1 )" 2>/dev/null) ]]
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-
-next_port() {
-    PORT=$((PORT + 1))
-    while port_busy "$PORT"; do
-        PORT=$((PORT + 1))
-        [[ $PORT -lt 65000 ]] || die "no free port found"
-    done
-}
+# Unquoted: either may be empty.
+# shellcheck disable=SC2086,SC2317  # runs from the exit trap
+stop_procs() { stop_pids $LOAD_PID $SRV_PID; }
+bench_tmp
 
 label_of() {
     case $1 in
@@ -150,39 +103,14 @@ server_cmd() {
     esac
 }
 
-# 0 once the server on port $2 answers `version`; 1 if it dies or does not
-# within 10 s.
-wait_ready() {
-    local pid=$1 port=$2 i reply
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'version\r\n' >&3 &&
-            timeout 1 head -c 8 <&3) 2>/dev/null || true)
-        [[ $reply == VERSION* ]] && return 0
-        sleep 0.05
-    done
-    return 1
+# wait_ready probe: 0 when the server on port $1 answers `version`.
+# shellcheck disable=SC2317  # called by wait_ready
+answers_version() {
+    local reply
+    reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'version\r\n' >&3 &&
+        timeout 1 head -c 8 <&3) 2>/dev/null || true)
+    [[ $reply == VERSION* ]]
 }
-
-# utime + stime clock ticks of a process (all its threads).
-proc_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
-
-# "busy total tasks" jiffies of one core (see bench_http.sh).
-core_jiffies() {
-    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $2 + $3 + $4 }' /proc/stat
-}
-
-now_ns() { date +%s%N; }
-CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
-fcmp_gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
-fmt_us() {
-    [[ -n $1 ]] || { echo "-"; return; }
-    awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2fms", u / 1000; else printf "%.0fus", u }'
-}
-
-field() { sed -n "s/.* $1=\\([^ ]*\\).*/\\1/p" <<<" $2"; }
 
 declare -A OPS P50 P99 LCPU SCPU EFF SAT CORE NOTE FAIL MASLAP
 FAILED=0
@@ -204,10 +132,10 @@ run_one() {
     out="$TMP/load.$srv.$mode.$PORT"
     taskset -c "$SERVER_CPU" "${CMD[@]}" >"$log" 2>&1 &
     SRV_PID=$!
-    if ! wait_ready "$SRV_PID" "$PORT"; then
+    if ! wait_ready "$SRV_PID" "$PORT" answers_version; then
         warn "$(label_of "$srv") did not start (or did not answer version) on port $PORT: ${CMD[*]}"
         tail -n 20 "$log" >&2 || true
-        stop_pid "$SRV_PID"
+        stop_pids "$SRV_PID"
         SRV_PID=""
         FAIL[$key]="no-start"
         FAILED=1
@@ -237,15 +165,13 @@ run_one() {
         tail -n 20 "$log" >&2 || true
         rc=1
     fi
-    stop_pid "$SRV_PID"
+    stop_pids "$SRV_PID"
     SRV_PID=""
     # For memaslap: server CPU over the whole run; mc_load measures it
     # itself over the measured seconds.  Core use covers the whole run.
-    scpu=$(awk -v t="$((s1 - s0))" -v hz="$CLK_TCK" -v ns="$((t1 - t0))" \
-        'BEGIN { printf "%.0f", (ns > 0 ? 100 * t / hz / (ns / 1e9) : 0) }')
-    core=$(awk -v b="$((b1 - b0))" -v t="$((j1 - j0))" 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
-    other=$(awk -v k="$((k1 - k0))" -v s="$((s1 - s0))" -v t="$((j1 - j0))" \
-        'BEGIN { o = (t > 0 ? 100 * (k - s) / t : 0); printf "%.0f", (o < 0 ? 0 : o) }')
+    scpu=$(ticks_pct "$((s1 - s0))" "$((t1 - t0))")
+    core=$(pct "$((b1 - b0))" "$((j1 - j0))")
+    other=$(other_pct "$((k1 - k0))" "$((s1 - s0))" "$((j1 - j0))")
     [[ $other -le 10 ]] || note+="other processes used ${other}% of core $SERVER_CPU; "
     if [[ $mode == memaslap ]]; then
         ops=$(awk '/^Run time:/ { for (i = 1; i <= NF; i++) if ($i == "TPS:") print $(i + 1) }' "$out")
@@ -258,7 +184,7 @@ run_one() {
         printf '  %-10s %-9s run: %12s ops/s (memaslap TPS)  server CPU %4s%%  core %s busy %4s%%%s\n' \
             "$(label_of "$srv")" "memaslap" "$ops" "$scpu" "$SERVER_CPU" "$core" \
             "${note:+  (${note%; })}" >&2
-        if [[ -z ${MASLAP[$key]:-} || ${MASLAP[$key]} == FAIL ]] || fcmp_gt "$ops" "${MASLAP[$key]}"; then
+        if [[ -z ${MASLAP[$key]:-} || ${MASLAP[$key]} == FAIL ]] || float_gt "$ops" "${MASLAP[$key]}"; then
             MASLAP[$key]=$ops
         fi
         return 0
@@ -276,13 +202,13 @@ run_one() {
     p99=$(field p99_us "$line")
     lcpu=$(field client_cpu_pct "$line")
     scpu=$(field server_cpu_pct "$line" | awk '{ printf "%.0f", $1 }')
-    eff=$(awk -v o="$ops" -v c="$scpu" 'BEGIN { if (c > 0) printf "%.0f", o / (c / 100); else print "" }')
+    eff=$(per_cpu_second "$ops" "$scpu")
     printf '  %-10s %-9s run: %12s ops/s  p50 %9s  p99 %9s  load CPU %4s%%  server CPU %4s%%  core %s busy %4s%%%s\n' \
         "$(label_of "$srv")" "$mode" "$ops" "$(fmt_us "$p50")" "$(fmt_us "$p99")" "$lcpu" "$scpu" \
         "$SERVER_CPU" "$core" "${note:+  (${note%; })}" >&2
     # A run counts as saturated when the server used nearly all of its core.
     awk -v c="$scpu" -v b="$core" 'BEGIN { exit !(c >= 90 || b >= 95) }' && SAT[$key]=1 || SAT[$key]=0
-    if [[ -z ${OPS[$key]:-} ]] || fcmp_gt "$ops" "${OPS[$key]}"; then
+    if [[ -z ${OPS[$key]:-} ]] || float_gt "$ops" "${OPS[$key]}"; then
         OPS[$key]=$ops
         P50[$key]=$p50
         P99[$key]=$p99
@@ -295,14 +221,9 @@ run_one() {
 }
 
 # -- Header -----------------------------------------------------------------------
-cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo none)
-if [[ -n $(git status --porcelain 2>/dev/null) ]]; then commit+=" (dirty)"; fi
 echo "== ringline memcached benchmark =="
-echo "date:        $(date '+%Y-%m-%d %H:%M:%S %z')"
-echo "kernel:      $(uname -r)"
-echo "cpu:         ${cpu_model:-unknown} (nproc=$NCPU)"
-echo "commit:      $commit"
+host_lines 13
+echo "commit:      $(git_commit)"
 echo "memcached:   $("$MEMCACHED" -V 2>&1 | head -n1)"
 echo "ringline:    $("$RINGLINE" --version 2>&1 | head -n1)"
 echo "pinning:     server taskset -c $SERVER_CPU, load taskset -c $CLIENT_CPU"
@@ -317,8 +238,8 @@ echo
 # -- Runs -------------------------------------------------------------------------
 for mode in "${MODES[@]}"; do
     for ((rep = 0; rep < REPEAT; rep++)); do
-        for ((k = 0; k < 2; k++)); do
-            run_one "${SERVERS[$(((k + rep) % 2))]}" "$mode"
+        for s in $(rotated "$rep" "${SERVERS[@]}"); do
+            run_one "$s" "$mode"
         done
     done
 done
@@ -328,14 +249,6 @@ if [[ -n $MEMASLAP_BIN ]]; then
     done
 fi
 echo >&2
-
-ratio() {
-    if [[ -n $1 && -n $2 ]]; then
-        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'
-    else
-        echo "-"
-    fi
-}
 
 fmt='%-10s | %-9s | %12s | %9s | %9s | %12s | %8s | %10s | %14s | %12s | %10s\n'
 # shellcheck disable=SC2059
@@ -353,9 +266,9 @@ for mode in "${MODES[@]}"; do
         fi
         # shellcheck disable=SC2059
         printf "$fmt" "$(label_of "$s")" "$mode" "${OPS[$key]}" "$(fmt_us "${P50[$key]}")" \
-            "$(fmt_us "${P99[$key]}")" "$(ratio "${OPS[$key]}" "${OPS[memcached|$mode]:-}")" \
+            "$(fmt_us "${P99[$key]}")" "$(ratio "${OPS[$key]}" "${OPS[memcached|$mode]:-}" x)" \
             "${LCPU[$key]}%" "${SCPU[$key]}%" "${EFF[$key]:--}" \
-            "$(ratio "${EFF[$key]:-}" "${EFF[memcached|$mode]:-}")" "${CORE[$key]}%"
+            "$(ratio "${EFF[$key]:-}" "${EFF[memcached|$mode]:-}" x)" "${CORE[$key]}%"
         if awk -v c="${LCPU[$key]}" 'BEGIN { exit !(c >= 95) }'; then
             client_bound+=("$(label_of "$s")/$mode")
         fi
@@ -367,7 +280,7 @@ if [[ -n $MEMASLAP_BIN ]]; then
         key="$s|memaslap"
         # shellcheck disable=SC2059
         printf "$fmt" "$(label_of "$s")" "memaslap" "${MASLAP[$key]:-FAIL}" - - \
-            "$(ratio "${MASLAP[$key]:-}" "${MASLAP[memcached|memaslap]:-}")" - - - - -
+            "$(ratio "${MASLAP[$key]:-}" "${MASLAP[memcached|memaslap]:-}" x)" - - - - -
     done
 fi
 echo
@@ -398,7 +311,7 @@ for mode in "${MODES[@]}"; do
         continue
     fi
     x=$(awk -v a="${OPS[$r]}" -v b="${OPS[$m]}" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    e=$(ratio "${EFF[$r]:-}" "${EFF[$m]:-}")
+    e=$(ratio "${EFF[$r]:-}" "${EFF[$m]:-}" x)
     sat="neither server saturated its core: the rate is bound by round trips, see ops/CPU-second"
     if [[ ${SAT[$r]:-0} == 1 && ${SAT[$m]:-0} == 1 ]]; then
         sat="both servers saturated their core"

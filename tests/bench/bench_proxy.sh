@@ -33,13 +33,11 @@
 #   RINGLINE=BUILD_DIR/ringline      ringline binary
 set -euo pipefail
 
-die() { echo "bench_proxy: $*" >&2; exit 1; }
-note() { echo "bench_proxy: $*" >&2; }
+BENCH_NAME=bench_proxy
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# -eq 1 ]] || die "usage: bash tests/bench/bench_proxy.sh BUILD_DIR"
-BUILD=$(cd "$1" && pwd) || die "no such build dir: $1"
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$REPO"
+bench_args "$@"
 
 DURATION=${BENCH_SECONDS:-5}
 WARMUP=${BENCH_WARMUP:-1}
@@ -58,16 +56,11 @@ BULK_SIZE=65536
 BULK_DEPTH=4
 BULK_CONNS=10
 
-is_num() { [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; }
 is_num "$DURATION" || die "BENCH_SECONDS must be a number, got '$DURATION'"
 is_num "$WARMUP" || die "BENCH_WARMUP must be a number, got '$WARMUP'"
-[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
-[[ $REDIS_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_REDIS_N must be a positive integer, got '$REDIS_N'"
-NCPU=$(nproc)
-for c in "$PROXY_CPU" "$LOAD_CPU"; do
-    [[ $c =~ ^[0-9]+$ && $c -lt $NCPU ]] || die "core $c not available (nproc=$NCPU)"
-done
-[[ $PROXY_CPU != "$LOAD_CPU" ]] || note "warning: proxy and load share core $PROXY_CPU"
+is_int "$REPEAT" || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
+is_int "$REDIS_N" || die "BENCH_REDIS_N must be a positive integer, got '$REDIS_N'"
+check_cores "$PROXY_CPU" "$LOAD_CPU" "proxy and load"
 command -v taskset >/dev/null || die "taskset not found (apt-get install util-linux)"
 [[ -x $RINGLINE ]] || die "missing $RINGLINE (run make first)"
 [[ -f scripts/proxy.lua ]] || die "missing $REPO/scripts/proxy.lua"
@@ -82,13 +75,13 @@ for p in "${PROXIES[@]}"; do
     esac
 done
 if [[ " ${PROXIES[*]} " == *" haproxy "* ]] && ! command -v haproxy >/dev/null; then
-    note "haproxy not installed: its rows are skipped. Install it with"
-    note "    sudo apt-get install haproxy     (or: make bench-deps)"
+    warn "haproxy not installed: its rows are skipped. Install it with"
+    warn "    sudo apt-get install haproxy     (or: make bench-deps)"
     HAVE_HAPROXY=0
 fi
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
-    note "redis-server / redis-benchmark not installed: run (a) is skipped. Install with"
-    note "    sudo apt-get install redis-server redis-tools     (or: make deps)"
+    warn "redis-server / redis-benchmark not installed: run (a) is skipped. Install with"
+    warn "    sudo apt-get install redis-server redis-tools     (or: make deps)"
     HAVE_REDIS=0
 fi
 ACTIVE=()
@@ -96,50 +89,15 @@ for p in "${PROXIES[@]}"; do
     [[ $p == haproxy && $HAVE_HAPROXY -eq 0 ]] || ACTIVE+=("$p")
 done
 
-TMP=$(mktemp -d /tmp/bench_proxy.XXXXXX)
 PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck disable=SC2317  # runs from the exit trap
+stop_procs() { stop_pids "${PIDS[@]}"; }
+bench_tmp
 
 forget_pid() {
     local keep=() p
     for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
     PIDS=("${keep[@]}")
-}
-
-port_busy() {
-    [[ -n $(ss -Htan "( sport = :$1 )" 2>/dev/null) ]] ||
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# Sets PORT to the next free port.
-next_port() {
-    PORT=$((PORT + 1))
-    while port_busy "$PORT"; do
-        PORT=$((PORT + 1))
-        [[ $PORT -lt 65000 ]] || die "no free port found"
-    done
-}
-
-# 0 once something accepts on port $2, 1 if process $1 dies or 10 s pass.
-wait_port() {
-    local pid=$1 port=$2 i
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
 }
 
 # Starts "$@" pinned to core $1 in the background, output to log $2;
@@ -152,30 +110,14 @@ start_bg() {
     PIDS+=("$BG_PID")
 }
 
-# SIGTERM, SIGKILL after 5 s; returns 1 if it had died already.
-stop_pid() {
-    local pid=$1 i alive=0
-    kill -0 "$pid" 2>/dev/null && alive=1
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
+# stop_pids, and drops the pid from PIDS; returns 1 if it had died already.
+stop_bg() {
+    local alive=0
+    kill -0 "$1" 2>/dev/null && alive=1
+    stop_pids "$1"
+    forget_pid "$1"
     [[ $alive -eq 1 ]]
 }
-
-core_jiffies() {
-    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
-}
-
-busy_pct() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "" && b != "") printf "%.2f", a / b; else printf "n/a" }'; }
-fgt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
-flt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
-fge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 
 FAILED=0
 
@@ -187,13 +129,13 @@ if [[ $HAVE_REDIS -eq 1 ]]; then
     start_bg "$LOAD_CPU" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
         --save '' --appendonly no --dir "$TMP" --daemonize no
     REDIS_PID=$BG_PID
-    wait_port "$REDIS_PID" "$REDIS_PORT" || { tail -n 20 "$TMP/redis.log" >&2; die "redis-server did not start"; }
+    wait_ready "$REDIS_PID" "$REDIS_PORT" || { tail -n 20 "$TMP/redis.log" >&2; die "redis-server did not start"; }
 fi
 next_port
 ECHO_PORT=$PORT
 start_bg "$LOAD_CPU" "$TMP/echo.log" "$EPOLL" "$ECHO_PORT"
 ECHO_PID=$BG_PID
-wait_port "$ECHO_PID" "$ECHO_PORT" || { tail -n 20 "$TMP/echo.log" >&2; die "epoll_echo did not start"; }
+wait_ready "$ECHO_PID" "$ECHO_PORT" || { tail -n 20 "$TMP/echo.log" >&2; die "epoll_echo did not start"; }
 
 # -- Proxies (core PROXY_CPU) --------------------------------------------------
 # Sets CMD (and writes haproxy's config) for proxy $1 on port $2 to upstream port $3.
@@ -236,10 +178,10 @@ start_proxy() {
     proxy_cmd "$kind" "$PROXY_PORT" "$up"
     start_bg "$PROXY_CPU" "$TMP/$kind.$PROXY_PORT.log" "${CMD[@]}"
     PROXY_PID=$BG_PID
-    if ! wait_port "$PROXY_PID" "$PROXY_PORT"; then
-        note "$kind did not start: ${CMD[*]}"
+    if ! wait_ready "$PROXY_PID" "$PROXY_PORT"; then
+        warn "$kind did not start: ${CMD[*]}"
         tail -n 20 "$TMP/$kind.$PROXY_PORT.log" >&2 || true
-        stop_pid "$PROXY_PID" || true
+        stop_bg "$PROXY_PID" || true
         return 1
     fi
 }
@@ -247,16 +189,17 @@ start_proxy() {
 declare -A SET_RPS SET_P99 GET_RPS GET_P99 R_CPU BULK BULK_CPU
 
 # (a) redis-benchmark against port $2, row $1; keeps the best SET+GET rps.
+# shellcheck disable=SC2317  # called through run_through
 run_redis() {
     local row=$1 port=$2 out="$TMP/redis-bench.$1.$2.csv" b0 t0 b1 t1 rc=0 set get
-    read -r b0 t0 < <(core_jiffies "$PROXY_CPU")
+    read -r b0 t0 _ < <(core_jiffies "$PROXY_CPU")
     taskset -c "$LOAD_CPU" redis-benchmark -h 127.0.0.1 -p "$port" -c "$REDIS_CLIENTS" \
         -n "$REDIS_N" -P "$REDIS_PIPELINE" -t set,get --csv >"$out" 2>"$out.err" || rc=$?
-    read -r b1 t1 < <(core_jiffies "$PROXY_CPU")
+    read -r b1 t1 _ < <(core_jiffies "$PROXY_CPU")
     set=$(awk -F'","' '$1 == "\"SET" { print $2, $7 }' "$out")
     get=$(awk -F'","' '$1 == "\"GET" { print $2, $7 }' "$out")
     if [[ $rc -ne 0 || -z $set || -z $get ]]; then
-        note "redis-benchmark failed through $row (rc=$rc): $(tail -c 300 "$out.err" "$out" 2>/dev/null)"
+        warn "redis-benchmark failed through $row (rc=$rc): $(tail -c 300 "$out.err" "$out" 2>/dev/null)"
         FAILED=1
         return 0
     fi
@@ -264,53 +207,61 @@ run_redis() {
     read -r srps sp99 <<<"$set"
     read -r grps gp99 <<<"$get"
     printf '  %-9s redis   SET %10s rps p99 %6s ms | GET %10s rps p99 %6s ms | core %s %s%%\n' \
-        "$row" "$srps" "$sp99" "$grps" "$gp99" "$PROXY_CPU" "$(busy_pct $((b1 - b0)) $((t1 - t0)))" >&2
+        "$row" "$srps" "$sp99" "$grps" "$gp99" "$PROXY_CPU" "$(pct $((b1 - b0)) $((t1 - t0)))" >&2
     if [[ -z ${SET_RPS[$row]:-} ]] ||
-        fgt "$(awk -v a="$srps" -v b="$grps" 'BEGIN { print a + b }')" \
+        float_gt "$(awk -v a="$srps" -v b="$grps" 'BEGIN { print a + b }')" \
             "$(awk -v a="${SET_RPS[$row]}" -v b="${GET_RPS[$row]}" 'BEGIN { print a + b }')"; then
         SET_RPS[$row]=$srps SET_P99[$row]=$sp99 GET_RPS[$row]=$grps GET_P99[$row]=$gp99
-        R_CPU[$row]=$(busy_pct $((b1 - b0)) $((t1 - t0)))
+        R_CPU[$row]=$(pct $((b1 - b0)) $((t1 - t0)))
     fi
 }
 
 # (b) echo_load against port $2, row $1; keeps the best MB/s.
+# shellcheck disable=SC2317  # called through run_through
 run_bulk() {
-    local row=$1 port=$2 out="$TMP/bulk.$1.$2.out" b0 t0 b1 t1 rc=0 line mbps
+    local row=$1 port=$2 out="$TMP/bulk.$1.$2.out" rc=0 line mbps
     taskset -c "$LOAD_CPU" "$LOAD" --host 127.0.0.1 --port "$port" --conns "$BULK_CONNS" \
         --size "$BULK_SIZE" --depth "$BULK_DEPTH" --duration "$DURATION" --warmup "$WARMUP" \
         >"$out" 2>"$out.err" &
     local lp=$!
     PIDS+=("$lp")
-    sleep "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.2 }')"
-    read -r b0 t0 < <(core_jiffies "$PROXY_CPU")
-    sleep "$(awk -v d="$DURATION" 'BEGIN { s = d - 0.4; print (s > 0.1 ? s : 0.1) }')"
-    read -r b1 t1 < <(core_jiffies "$PROXY_CPU")
+    core_window "$PROXY_CPU" "$WARMUP" "$DURATION"
     wait "$lp" || rc=$?
     forget_pid "$lp"
     line=$(grep -m1 '^RESULT ' "$out" || true)
-    mbps=$(sed -n 's/.*mb_per_s=\([0-9.]*\).*/\1/p' <<<"$line")
+    mbps=$(field mb_per_s "$line")
     if [[ $rc -ne 0 || -z $mbps ]]; then
-        note "echo_load failed through $row (rc=$rc): $(tail -c 300 "$out.err" 2>/dev/null)"
+        warn "echo_load failed through $row (rc=$rc): $(tail -c 300 "$out.err" 2>/dev/null)"
         FAILED=1
         return 0
     fi
     printf '  %-9s bulk    %10s MB/s | core %s %s%%\n' "$row" "$mbps" "$PROXY_CPU" \
-        "$(busy_pct $((b1 - b0)) $((t1 - t0)))" >&2
-    if [[ -z ${BULK[$row]:-} ]] || fgt "$mbps" "${BULK[$row]}"; then
+        "$(pct "$WIN_BUSY" "$WIN_TOTAL")" >&2
+    if [[ -z ${BULK[$row]:-} ]] || float_gt "$mbps" "${BULK[$row]}"; then
         BULK[$row]=$mbps
-        BULK_CPU[$row]=$(busy_pct $((b1 - b0)) $((t1 - t0)))
+        BULK_CPU[$row]=$(pct "$WIN_BUSY" "$WIN_TOTAL")
     fi
 }
 
+# Run $1 (redis or bulk): function $2 (run_redis or run_bulk) direct to
+# upstream port $3, then through a fresh instance of each proxy.
+run_through() {
+    local what=$1 run=$2 up=$3 p
+    "$run" direct "$up"
+    for p in "${ACTIVE[@]}"; do
+        if start_proxy "$p" "$up"; then
+            "$run" "$p" "$PROXY_PORT"
+            stop_bg "$PROXY_PID" || { warn "$p died during the $what run"; tail -n 20 "$TMP/$p.$PROXY_PORT.log" >&2; FAILED=1; }
+        else
+            FAILED=1
+        fi
+    done
+}
+
 # -- Header --------------------------------------------------------------------
-cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo none)
-[[ -z $(git status --porcelain 2>/dev/null) ]] || commit+=" (dirty)"
 echo "== ringline TCP proxy benchmark =="
-echo "date:      $(date '+%Y-%m-%d %H:%M:%S %z')"
-echo "kernel:    $(uname -r)"
-echo "cpu:       ${cpu_model:-unknown} (nproc=$NCPU)"
-echo "commit:    $commit"
+host_lines 11
+echo "commit:    $(git_commit)"
 echo "ringline:  $("$RINGLINE" --version 2>&1 | head -n1)"
 [[ $HAVE_HAPROXY -eq 0 ]] || echo "haproxy:   $(haproxy -v 2>&1 | head -n1)"
 [[ $HAVE_REDIS -eq 0 ]] || echo "redis:     $(redis-server --version | head -n1)"
@@ -335,25 +286,9 @@ echo
 echo "runs:" >&2
 for ((round = 1; round <= REPEAT; round++)); do
     if [[ $HAVE_REDIS -eq 1 ]]; then
-        run_redis direct "$REDIS_PORT"
-        for p in "${ACTIVE[@]}"; do
-            if start_proxy "$p" "$REDIS_PORT"; then
-                run_redis "$p" "$PROXY_PORT"
-                stop_pid "$PROXY_PID" || { note "$p died during the redis run"; tail -n 20 "$TMP/$p.$PROXY_PORT.log" >&2; FAILED=1; }
-            else
-                FAILED=1
-            fi
-        done
+        run_through redis run_redis "$REDIS_PORT"
     fi
-    run_bulk direct "$ECHO_PORT"
-    for p in "${ACTIVE[@]}"; do
-        if start_proxy "$p" "$ECHO_PORT"; then
-            run_bulk "$p" "$PROXY_PORT"
-            stop_pid "$PROXY_PID" || { note "$p died during the bulk run"; tail -n 20 "$TMP/$p.$PROXY_PORT.log" >&2; FAILED=1; }
-        else
-            FAILED=1
-        fi
-    done
+    run_through bulk run_bulk "$ECHO_PORT"
 done
 
 # -- Results -------------------------------------------------------------------
@@ -399,16 +334,16 @@ if [[ $HAVE_HAPROXY -eq 1 && " ${ACTIVE[*]} " == *" ringline "* ]]; then
                 continue
             fi
             verdict="met"
-            if ! fge "$rr" "$hr" || ! flt "$rp" "$hp"; then verdict="NOT met"; met=0; fi
+            if ! float_ge "$rr" "$hr" || ! float_lt "$rp" "$hp"; then verdict="NOT met"; met=0; fi
             printf '  redis %s: throughput %sx, p99 %s ms vs %s ms (ratio %s) -> target %s\n' \
-                "$t" "$(ratio "$rr" "$hr")" "$rp" "$hp" "$(ratio "$rp" "$hp")" "$verdict"
+                "$t" "$(ratio "$rr" "$hr" "" n/a)" "$rp" "$hp" "$(ratio "$rp" "$hp" "" n/a)" "$verdict"
         done
     fi
     if [[ -n ${BULK[ringline]:-} && -n ${BULK[haproxy]:-} ]]; then
         verdict="met"
-        fge "${BULK[ringline]}" "${BULK[haproxy]}" || { verdict="NOT met"; met=0; }
+        float_ge "${BULK[ringline]}" "${BULK[haproxy]}" || { verdict="NOT met"; met=0; }
         printf '  bulk:      throughput %sx (%s vs %s MB/s; p99 not measured) -> target %s\n' \
-            "$(ratio "${BULK[ringline]}" "${BULK[haproxy]}")" "${BULK[ringline]}" "${BULK[haproxy]}" "$verdict"
+            "$(ratio "${BULK[ringline]}" "${BULK[haproxy]}" "" n/a)" "${BULK[ringline]}" "${BULK[haproxy]}" "$verdict"
         if [[ -n ${BULK_CPU[ringline]:-} && -n ${BULK_CPU[haproxy]:-} ]]; then
             printf '             proxy core busy %s%% vs %s%%\n' "${BULK_CPU[ringline]}" "${BULK_CPU[haproxy]}"
         fi

@@ -21,13 +21,11 @@
 # and >= 1.2x at -P 16.
 set -euo pipefail
 
-die() { echo "bench_redis: $*" >&2; exit 1; }
-warn() { echo "bench_redis: $*" >&2; }
+BENCH_NAME=bench_redis
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# -eq 1 ]] || die "usage: bash tests/bench/bench_redis.sh BUILD_DIR"
-BUILD=$(cd "$1" 2>/dev/null && pwd) || die "no such build dir: $1"
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$REPO"
+bench_args "$@"
 
 REQUESTS=${BENCH_REQUESTS:-400000}
 CONNS=${BENCH_CONNECTIONS:-50}
@@ -40,53 +38,40 @@ WORKERS2=${BENCH_WORKERS2:-1}
 RINGLINE=${RINGLINE:-$BUILD/ringline}
 read -ra RL_EXTRA <<<"${RINGLINE_ARGS:-}"
 
-is_int() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 is_int "$REQUESTS" || die "BENCH_REQUESTS must be a positive integer"
 is_int "$CONNS" || die "BENCH_CONNECTIONS must be a positive integer"
 is_int "$REPEAT" || die "BENCH_REPEAT must be a positive integer"
 for d in "${DEPTHS[@]}"; do is_int "$d" || die "bad depth '$d' in BENCH_DEPTHS"; done
-NCPU=$(nproc)
-for c in "$SERVER_CPU" "$CLIENT_CPU"; do
-    [[ $c =~ ^[0-9]+$ && $c -lt $NCPU ]] || die "core $c not available (nproc=$NCPU)"
-done
-[[ $SERVER_CPU != "$CLIENT_CPU" ]] || warn "warning: server and client share core $SERVER_CPU"
+check_cores "$SERVER_CPU" "$CLIENT_CPU" "server and client"
 command -v taskset >/dev/null || die "taskset not found: apt-get install util-linux"
 command -v redis-benchmark >/dev/null || die "redis-benchmark not found: apt-get install redis-tools"
 command -v redis-server >/dev/null || die "redis-server not found: apt-get install redis-server"
 [[ -x $RINGLINE ]] || die "missing $RINGLINE (run make first)"
 [[ -f scripts/redis.lua ]] || die "missing $REPO/scripts/redis.lua"
 
-TMP=$(mktemp -d /tmp/bench_redis.XXXXXX)
 SRV_PID=""
 
 stop_server() {
-    local i
     [[ -n $SRV_PID ]] || return 0
-    kill -TERM "$SRV_PID" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$SRV_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -KILL "$SRV_PID" 2>/dev/null || true
-    wait "$SRV_PID" 2>/dev/null || true
+    stop_pids "$SRV_PID"
     SRV_PID=""
 }
 
-# shellcheck disable=SC2317  # runs from the trap
-cleanup() {
-    stop_server
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck disable=SC2317  # runs from the exit trap
+stop_procs() { stop_server; }
+bench_tmp
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# wait_ready probe: 0 when the server on port $1 answers PING.
+# shellcheck disable=SC2317  # called by wait_ready
+answers_ping() { [[ $(redis-cli -p "$1" PING 2>/dev/null) == PONG ]]; }
+
 # Starts server $1 (redis | ringline1 | ringline2) on port $2.
 start_server() {
-    local kind=$1 port=$2 i
+    local kind=$1 port=$2
     case $kind in
         redis)
             taskset -c "$SERVER_CPU" redis-server --port "$port" --bind 127.0.0.1 --save '' \
@@ -103,11 +88,7 @@ start_server() {
             ;;
     esac
     SRV_PID=$!
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$SRV_PID" 2>/dev/null || break
-        if [[ $(redis-cli -p "$port" PING 2>/dev/null) == PONG ]]; then return 0; fi
-        sleep 0.05
-    done
+    wait_ready "$SRV_PID" "$port" answers_ping && return 0
     warn "$kind did not start on port $port"
     cat "$TMP"/*."$port".log >&2 2>/dev/null || true
     return 1
@@ -119,17 +100,6 @@ label_of() {
         ringline1) echo "ringline -w1" ;;
         ringline2) echo "ringline -w2" ;;
     esac
-}
-
-# utime + stime clock ticks of a process (all its threads).
-proc_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
-
-# "busy tasks total" jiffies of one core: busy includes softirqs, tasks is
-# user + nice + system (processes only).
-core_jiffies() {
-    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
 }
 
 declare -A RPS
@@ -148,20 +118,18 @@ run_one() {
     [[ $kind == ringline2 ]] && client=()
     out="$TMP/bench.$kind.$depth.$port"
     local b0 k0 t0 b1 k1 t1 s0 s1 note=""
-    read -r b0 k0 t0 < <(core_jiffies "$SERVER_CPU")
+    read -r b0 t0 k0 < <(core_jiffies "$SERVER_CPU")
     s0=$(proc_ticks "$SRV_PID")
     "${client[@]}" redis-benchmark -p "$port" -c "$CONNS" -n "$REQUESTS" -P "$depth" \
         -t "$TESTS" -q --csv >"$out" 2>"$out.err" || rc=$?
-    read -r b1 k1 t1 < <(core_jiffies "$SERVER_CPU")
+    read -r b1 t1 k1 < <(core_jiffies "$SERVER_CPU")
     s1=$(proc_ticks "$SRV_PID")
     if [[ $kind != ringline2 ]]; then
         # Processes other than the server on its core: more than a little
         # means another load disturbed the numbers.
         local other
-        other=$(awk -v k="$((k1 - k0))" -v s="$((s1 - s0))" -v t="$((t1 - t0))" \
-            'BEGIN { o = (t > 0 ? 100 * (k - s) / t : 0); printf "%.0f", (o < 0 ? 0 : o) }')
-        note="core $SERVER_CPU: $(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" \
-            'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')% busy, others ${other}%"
+        other=$(other_pct "$((k1 - k0))" "$((s1 - s0))" "$((t1 - t0))")
+        note="core $SERVER_CPU: $(pct "$((b1 - b0))" "$((t1 - t0))")% busy, others ${other}%"
         if [[ $other -gt 10 ]]; then
             note+=" (DISTURBED)"
             DISTURBED=1
@@ -187,7 +155,7 @@ run_one() {
         printf '  %-13s -P %-3s %-16s %12s req/s  %s\n' "$(label_of "$kind")" "$depth" "$test" "$rps" \
             "$note" >&2
         local key="$kind|$depth|$test"
-        if [[ -z ${RPS[$key]:-} ]] || awk -v a="$rps" -v b="${RPS[$key]}" 'BEGIN { exit !(a > b) }'; then
+        if [[ -z ${RPS[$key]:-} ]] || float_gt "$rps" "${RPS[$key]}"; then
             RPS[$key]=$rps
         fi
     done <"$out"
@@ -205,10 +173,6 @@ for ((r = 1; r <= REPEAT; r++)); do
         done
     done
 done
-
-ratio() {
-    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'
-}
 
 IFS=, read -ra TLIST <<<"$TESTS"
 echo
@@ -233,7 +197,7 @@ for depth in "${DEPTHS[@]}"; do
             fi
         fi
         printf '%-6s %-5s %14s %14s %14s %9s %9s  %s\n' "$T" "$depth" "${rs:--}" "${r1:--}" "${r2:--}" \
-            "$(ratio "$r1" "$rs")" "$(ratio "$r2" "$rs")" "$met"
+            "$(ratio "$r1" "$rs" x)" "$(ratio "$r2" "$rs" x)" "$met"
     done
 done
 echo

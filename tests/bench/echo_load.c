@@ -1,25 +1,9 @@
 /* echo_load: single-threaded epoll echo load generator that verifies every echoed byte and prints one RESULT line. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <getopt.h>
-#include <math.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "load_common.h"
 
 /* Every read uses one big buffer so a burst of echoes costs one syscall. */
 #define RBUF_SIZE (256 * 1024)
@@ -30,8 +14,6 @@
 /* The pattern buffer is PERIOD + RBUF_SIZE long, so any stream offset has up to
  * RBUF_SIZE contiguous expected bytes: one memcmp per read, one send per chunk. */
 #define PAT_LEN (PAT_PERIOD + RBUF_SIZE)
-#define CONNECT_TIMEOUT_MS 5000
-#define MAX_EVENTS 256
 
 struct conn {
     int fd;
@@ -44,6 +26,8 @@ struct conn {
     uint64_t target;    /* bytes that should have been written so far */
     uint64_t recvd;     /* bytes read back and verified */
 };
+
+const char load_prog[] = "echo_load";
 
 static const char *opt_host = "127.0.0.1";
 static const char *opt_port;
@@ -59,59 +43,12 @@ static uint8_t *rbuf;
 static int epfd;
 static uint64_t msgs_total;     /* completed round trips, all connections */
 
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("echo_load: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static double cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
-}
-
 static void usage(FILE *f)
 {
     fprintf(f,
         "usage: echo_load [--host H --port N | --unix PATH] [--conns N] [--size BYTES]\n"
         "                 [--depth N] [--duration SECONDS] [--warmup SECONDS]\n"
         "defaults: --host 127.0.0.1 --conns 50 --size 64 --depth 1 --duration 5 --warmup 1\n");
-}
-
-static long parse_long(const char *name, const char *s, long min, long max)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        die("bad value for --%s: '%s' (want %ld..%ld)", name, s, min, max);
-    return v;
-}
-
-static double parse_secs(const char *name, const char *s)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < 0 || v > 86400)
-        die("bad value for --%s: '%s' (want seconds, 0..86400)", name, s);
-    return v;
 }
 
 static void parse_args(int argc, char **argv)
@@ -129,7 +66,7 @@ static void parse_args(int argc, char **argv)
         {0, 0, 0, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = next_option(argc, argv, longopts, usage)) != -1) {
         switch (c) {
         case 'h': opt_host = optarg; break;
         case 'p': opt_port = optarg; parse_long("port", optarg, 1, 65535); break;
@@ -139,13 +76,7 @@ static void parse_args(int argc, char **argv)
         case 'd': opt_depth = parse_long("depth", optarg, 1, 1 << 20); break;
         case 't': opt_duration = parse_secs("duration", optarg); break;
         case 'w': opt_warmup = parse_secs("warmup", optarg); break;
-        case 'H': usage(stdout); exit(0);
-        default: usage(stderr); exit(1);
         }
-    }
-    if (optind < argc) {
-        usage(stderr);
-        die("unexpected argument '%s'", argv[optind]);
     }
     if (!opt_unix && !opt_port) {
         usage(stderr);
@@ -159,94 +90,20 @@ static void parse_args(int argc, char **argv)
 
 static void make_pattern(void)
 {
-    pat = malloc(PAT_LEN);
-    rbuf = malloc(RBUF_SIZE);
-    if (!pat || !rbuf)
-        die("out of memory");
-    /* xorshift64: fixed seed so every run sends the same bytes. */
+    pat = xmalloc(PAT_LEN);
+    rbuf = xmalloc(RBUF_SIZE);
     uint64_t x = 0x9e3779b97f4a7c15ull;
-    for (uint32_t i = 0; i < PAT_PERIOD; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        pat[i] = (uint8_t)(x >> 32);
-    }
+    for (uint32_t i = 0; i < PAT_PERIOD; i++)
+        pat[i] = (uint8_t)(xorshift64(&x) >> 32);
     for (uint32_t i = PAT_PERIOD; i < PAT_LEN; i++)
         pat[i] = pat[i - PAT_PERIOD];
 }
 
-/* Address resolution once; every connection reuses it. */
-static struct sockaddr_storage peer;
-static socklen_t peer_len;
-static int peer_family;
-static char peer_name[300];
-
-static void resolve_peer(void)
-{
-    if (opt_unix) {
-        struct sockaddr_un *su = (struct sockaddr_un *)&peer;
-        if (strlen(opt_unix) >= sizeof(su->sun_path))
-            die("unix socket path too long: %s", opt_unix);
-        su->sun_family = AF_UNIX;
-        strcpy(su->sun_path, opt_unix);
-        peer_len = sizeof(*su);
-        peer_family = AF_UNIX;
-        snprintf(peer_name, sizeof(peer_name), "unix:%s", opt_unix);
-        return;
-    }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *res;
-    int rc = getaddrinfo(opt_host, opt_port, &hints, &res);
-    if (rc)
-        die("cannot resolve %s:%s: %s", opt_host, opt_port, gai_strerror(rc));
-    memcpy(&peer, res->ai_addr, res->ai_addrlen);
-    peer_len = res->ai_addrlen;
-    peer_family = res->ai_family;
-    freeaddrinfo(res);
-    snprintf(peer_name, sizeof(peer_name), "%s:%s", opt_host, opt_port);
-}
-
-/* Non-blocking connect with a timeout, so a server that never accepts cannot
- * hang the benchmark. */
-static int connect_one(int idx)
-{
-    int fd = socket(peer_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        die("socket: %s", strerror(errno));
-    if (connect(fd, (struct sockaddr *)&peer, peer_len) < 0) {
-        if (errno != EINPROGRESS && errno != EAGAIN)
-            die("connect #%d to %s failed: %s", idx, peer_name, strerror(errno));
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
-        int n;
-        do {
-            n = poll(&p, 1, CONNECT_TIMEOUT_MS);
-        } while (n < 0 && errno == EINTR);
-        if (n == 0)
-            die("connect #%d to %s timed out after %d ms", idx, peer_name, CONNECT_TIMEOUT_MS);
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-            err = errno;
-        if (err)
-            die("connect #%d to %s failed: %s", idx, peer_name, strerror(err));
-    }
-    if (peer_family != AF_UNIX) {
-        /* Small messages must go out immediately, not wait for Nagle. */
-        int one = 1;
-        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
-            die("TCP_NODELAY: %s", strerror(errno));
-    }
-    return fd;
-}
+static struct peer peer;
 
 static void set_events(struct conn *c, bool want_out)
 {
-    if (c->want_out == want_out)
-        return;
-    struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.ptr = c};
-    if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
-        die("epoll_ctl: %s", strerror(errno));
-    c->want_out = want_out;
+    ep_want_out(epfd, c->fd, c, &c->want_out, want_out);
 }
 
 static inline uint32_t pat_pos(const struct conn *c, uint64_t off)
@@ -255,21 +112,16 @@ static inline uint32_t pat_pos(const struct conn *c, uint64_t off)
 }
 
 /* Write as much of [sent, target) as the socket takes; EPOLLOUT only while
- * something is left, so the common case costs no epoll_ctl. */
+ * something is left. */
 static void flush_conn(struct conn *c)
 {
     while (c->sent < c->target) {
         uint64_t left = c->target - c->sent;
         size_t len = left > RBUF_SIZE ? RBUF_SIZE : (size_t)left;
-        ssize_t n = send(c->fd, pat + pat_pos(c, c->sent), len, MSG_NOSIGNAL);
+        ssize_t n = send_some(c->fd, pat + pat_pos(c, c->sent), len, c->id);
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                set_events(c, true);
-                return;
-            }
-            die("conn %d: send failed: %s", c->id, strerror(errno));
+            set_events(c, true);
+            return;
         }
         c->sent += (uint64_t)n;
     }
@@ -289,17 +141,13 @@ static void report_mismatch(const struct conn *c, const uint8_t *got, size_t n)
         (unsigned long long)((c->recvd + i) % (uint64_t)opt_size), want[i], got[i]);
 }
 
-static void read_conn(struct conn *c)
+static void read_conn(void *conn)
 {
+    struct conn *c = conn;
     for (;;) {
-        ssize_t n = recv(c->fd, rbuf, RBUF_SIZE, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                break;
-            die("conn %d: recv failed: %s", c->id, strerror(errno));
-        }
+        ssize_t n = recv_some(c->fd, rbuf, RBUF_SIZE, c->id);
+        if (n < 0)
+            break;
         if (n == 0)
             die("conn %d: server closed the connection after echoing %llu bytes",
                 c->id, (unsigned long long)c->recvd);
@@ -322,40 +170,28 @@ static void read_conn(struct conn *c)
     flush_conn(c);
 }
 
-static void raise_nofile(void)
+static void write_conn(void *conn)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    flush_conn(conn);
 }
 
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
-    signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    load_init();
     make_pattern();
-    resolve_peer();
+    peer_resolve(&peer, opt_host, opt_port, opt_unix);
+    epfd = ep_create();
 
-    epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (epfd < 0)
-        die("epoll_create1: %s", strerror(errno));
-
-    struct conn *conns = calloc((size_t)opt_conns, sizeof(*conns));
-    if (!conns)
-        die("out of memory");
+    struct conn *conns = xcalloc((size_t)opt_conns, sizeof(*conns));
     /* Connect everything before sending, so warmup starts with all connections live. */
     for (int i = 0; i < opt_conns; i++) {
         struct conn *c = &conns[i];
         c->id = i;
         /* 7919 is coprime with the prime period, so shifts are distinct per connection. */
         c->shift = (uint32_t)(((uint64_t)i * 7919u) % PAT_PERIOD);
-        c->fd = connect_one(i);
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
-            die("epoll_ctl add: %s", strerror(errno));
+        c->fd = peer_connect(&peer, i);
+        ep_add(epfd, c->fd, c);
     }
 
     double t_start = now_s();
@@ -375,7 +211,6 @@ int main(int argc, char **argv)
         flush_conn(&conns[i]);
     }
 
-    struct epoll_event evs[MAX_EVENTS];
     double t;
     for (;;) {
         t = now_s();
@@ -388,23 +223,7 @@ int main(int argc, char **argv)
         if (t >= t_end)
             break;
         double deadline = measuring ? t_end : t_warm_end;
-        /* +1: round up so we never wake just before the deadline and spin. */
-        int timeout_ms = (int)((deadline - t) * 1000.0) + 1;
-        int n = epoll_wait(epfd, evs, MAX_EVENTS, timeout_ms);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            die("epoll_wait: %s", strerror(errno));
-        }
-        for (int i = 0; i < n; i++) {
-            struct conn *c = evs[i].data.ptr;
-            uint32_t e = evs[i].events;
-            /* Read first even on EPOLLERR/HUP: recv reports the actual error. */
-            if (e & (EPOLLIN | EPOLLERR | EPOLLHUP))
-                read_conn(c);
-            else if (e & EPOLLOUT)
-                flush_conn(c);
-        }
+        ep_dispatch(epfd, deadline - t, read_conn, write_conn);
     }
 
     double m_t1 = now_s();

@@ -3,31 +3,12 @@
  * round trip or `depth` requests per write, every reply checked (a get hit
  * must return the value that key always gets).  Prints one RESULT line. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <getopt.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
-#define CONNECT_TIMEOUT_MS 5000
-#define MAX_EVENTS 256
+#include "load_common.h"
+
 #define MAX_KEY 250
-/* Latency histogram: 1 us buckets below 65536 us, 1024 us buckets above. */
-#define HIST_FINE 65536
-#define HIST_BUCKETS (2 * HIST_FINE)
 
 struct conn {
     int fd;
@@ -48,6 +29,8 @@ struct conn {
     double t_sent;      /* when the batch was written */
 };
 
+const char load_prog[] = "mc_load";
+
 static const char *opt_host = "127.0.0.1";
 static const char *opt_port;
 static long opt_conns = 50;
@@ -64,36 +47,7 @@ static long opt_server_pid;
 static int epfd;
 static uint64_t ops_total, gets_total, hits_total, sets_total;
 static bool measuring;
-static uint64_t hist[HIST_BUCKETS];
-static uint64_t hist_n;
 static char *values;        /* value of key i at values + i (a sliding window) */
-
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("mc_load: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static double cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
-}
 
 static void usage(FILE *f)
 {
@@ -105,26 +59,6 @@ static void usage(FILE *f)
         "          --value-size 100 --get-ratio 0.9 --duration 5 --warmup 1\n"
         "Every key is set once before the run (unless --no-prefill), so gets hit.\n"
         "--server-pid: also report that process's CPU use over the measured time.\n");
-}
-
-static long parse_long(const char *name, const char *s, long min, long max)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        die("bad value for --%s: '%s' (want %ld..%ld)", name, s, min, max);
-    return v;
-}
-
-static double parse_num(const char *name, const char *s, double min, double max)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || v != v || v < min || v > max)
-        die("bad value for --%s: '%s' (want %g..%g)", name, s, min, max);
-    return v;
 }
 
 static void parse_args(int argc, char **argv)
@@ -146,7 +80,7 @@ static void parse_args(int argc, char **argv)
         {0, 0, 0, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = next_option(argc, argv, longopts, usage)) != -1) {
         switch (c) {
         case 'h': opt_host = optarg; break;
         case 'p': opt_port = optarg; parse_long("port", optarg, 1, 65535); break;
@@ -160,26 +94,12 @@ static void parse_args(int argc, char **argv)
         case 'w': opt_warmup = parse_num("warmup", optarg, 0, 86400); break;
         case 'n': opt_no_prefill = true; break;
         case 'P': opt_server_pid = parse_long("server-pid", optarg, 1, 1 << 30); break;
-        case 'H': usage(stdout); exit(0);
-        default: usage(stderr); exit(1);
         }
-    }
-    if (optind < argc) {
-        usage(stderr);
-        die("unexpected argument '%s'", argv[optind]);
     }
     if (!opt_port) {
         usage(stderr);
         die("need --port N");
     }
-}
-
-static inline uint64_t next_rand(uint64_t *x)
-{
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    return *x;
 }
 
 /* Key i: "key:" and the index zero-padded to the key size. */
@@ -202,80 +122,25 @@ static const char *value_of(uint32_t i)
 
 static void make_values(void)
 {
-    values = malloc((size_t)opt_value_size + 4096);
-    if (!values)
-        die("out of memory");
+    values = xmalloc((size_t)opt_value_size + 4096);
     for (long i = 0; i < opt_value_size + 4096; i++)
         values[i] = (char)('a' + (i * 7 + i / 26) % 26);
 }
 
-static struct sockaddr_storage peer;
-static socklen_t peer_len;
-static int peer_family;
-
-static void resolve_peer(void)
-{
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *res;
-    int rc = getaddrinfo(opt_host, opt_port, &hints, &res);
-    if (rc)
-        die("cannot resolve %s:%s: %s", opt_host, opt_port, gai_strerror(rc));
-    memcpy(&peer, res->ai_addr, res->ai_addrlen);
-    peer_len = res->ai_addrlen;
-    peer_family = res->ai_family;
-    freeaddrinfo(res);
-}
-
-static int connect_one(int idx)
-{
-    int fd = socket(peer_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        die("socket: %s", strerror(errno));
-    if (connect(fd, (struct sockaddr *)&peer, peer_len) < 0) {
-        if (errno != EINPROGRESS && errno != EAGAIN)
-            die("connect #%d to %s:%s failed: %s", idx, opt_host, opt_port, strerror(errno));
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
-        int n;
-        do {
-            n = poll(&p, 1, CONNECT_TIMEOUT_MS);
-        } while (n < 0 && errno == EINTR);
-        if (n == 0)
-            die("connect #%d timed out", idx);
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-            err = errno;
-        if (err)
-            die("connect #%d to %s:%s failed: %s", idx, opt_host, opt_port, strerror(err));
-    }
-    int one = 1;
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
-        die("TCP_NODELAY: %s", strerror(errno));
-    return fd;
-}
+static struct peer peer;
 
 static void set_events(struct conn *c, bool want_out)
 {
-    if (c->want_out == want_out)
-        return;
-    struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.ptr = c};
-    if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
-        die("epoll_ctl: %s", strerror(errno));
-    c->want_out = want_out;
+    ep_want_out(epfd, c->fd, c, &c->want_out, want_out);
 }
 
 static void flush_conn(struct conn *c)
 {
     while (c->out_sent < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL);
+        ssize_t n = send_some(c->fd, c->out + c->out_sent, c->out_len - c->out_sent, c->id);
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                set_events(c, true);
-                return;
-            }
-            die("conn %d: send failed: %s", c->id, strerror(errno));
+            set_events(c, true);
+            return;
         }
         c->out_sent += (size_t)n;
     }
@@ -297,7 +162,7 @@ static void send_batch(struct conn *c, uint32_t *prefill, uint32_t prefill_end)
             k = (*prefill)++;
             get = false;
         } else {
-            uint64_t r = next_rand(&c->rng);
+            uint64_t r = xorshift64(&c->rng);
             k = (uint32_t)((r >> 11) % (uint64_t)opt_keys);
             get = (double)(r & 0x3ff) < opt_get_ratio * 1024.0;
         }
@@ -327,29 +192,6 @@ static void send_batch(struct conn *c, uint32_t *prefill, uint32_t prefill_end)
     c->t_sent = now_s();
     if (n)
         flush_conn(c);
-}
-
-static void record_latency(double secs)
-{
-    uint64_t us = (uint64_t)(secs * 1e6);
-    uint64_t b = us < HIST_FINE ? us : HIST_FINE + (us - HIST_FINE) / 1024;
-    if (b >= HIST_BUCKETS)
-        b = HIST_BUCKETS - 1;
-    hist[b]++;
-    hist_n++;
-}
-
-static double percentile(double q)
-{
-    uint64_t want = (uint64_t)(q * (double)hist_n), acc = 0;
-    if (want < 1)
-        want = 1;
-    for (uint64_t b = 0; b < HIST_BUCKETS; b++) {
-        acc += hist[b];
-        if (acc >= want && hist_n)
-            return b < HIST_FINE ? (double)b : (double)(HIST_FINE + (b - HIST_FINE) * 1024);
-    }
-    return 0;
 }
 
 static char *find_crlf(char *p, char *end)
@@ -420,8 +262,9 @@ static void parse_replies(struct conn *c)
 static uint32_t prefill_next, prefill_end;
 static bool prefilling;
 
-static void read_conn(struct conn *c)
+static void read_conn(void *conn)
 {
+    struct conn *c = conn;
     for (;;) {
         if (c->in_cap - c->in_len < 65536) {
             c->in_cap *= 2;
@@ -429,14 +272,9 @@ static void read_conn(struct conn *c)
             if (!c->in)
                 die("out of memory");
         }
-        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                break;
-            die("conn %d: recv failed: %s", c->id, strerror(errno));
-        }
+        ssize_t n = recv_some(c->fd, c->in + c->in_len, c->in_cap - c->in_len, c->id);
+        if (n < 0)
+            break;
         if (n == 0)
             die("conn %d: server closed the connection", c->id);
         c->in_len += (size_t)n;
@@ -446,7 +284,7 @@ static void read_conn(struct conn *c)
     }
     if (c->answered == c->batch && c->batch > 0) {
         if (measuring && !prefilling)
-            record_latency(now_s() - c->t_sent);
+            hist_add(now_s() - c->t_sent);
         if (prefilling)
             send_batch(c, &prefill_next, prefill_end);
         else
@@ -454,60 +292,20 @@ static void read_conn(struct conn *c)
     }
 }
 
-/* utime + stime of a process in seconds, from /proc; -1 if unreadable. */
-static double proc_cpu_s(long pid)
+static void write_conn(void *conn)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return -1;
-    unsigned long long ut = 0, st = 0;
-    /* After ") ": state is field 3; utime and stime are fields 14 and 15. */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    flush_conn(conn);
 }
 
 static void run_loop(struct conn *conns, double until, bool (*done)(struct conn *))
 {
-    struct epoll_event evs[MAX_EVENTS];
     for (;;) {
         double t = now_s();
         if (done ? done(conns) : t >= until)
             return;
         if (t >= until)
             die("timed out");
-        int timeout_ms = (int)((until - t) * 1000.0) + 1;
-        int n = epoll_wait(epfd, evs, MAX_EVENTS, timeout_ms);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            die("epoll_wait: %s", strerror(errno));
-        }
-        for (int i = 0; i < n; i++) {
-            struct conn *c = evs[i].data.ptr;
-            uint32_t e = evs[i].events;
-            if (e & (EPOLLIN | EPOLLERR | EPOLLHUP))
-                read_conn(c);
-            else if (e & EPOLLOUT)
-                flush_conn(c);
-        }
+        ep_dispatch(epfd, until - t, read_conn, write_conn);
     }
 }
 
@@ -524,33 +322,23 @@ static bool prefill_done(struct conn *conns)
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
-    signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    load_init();
     make_values();
-    resolve_peer();
-
-    epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (epfd < 0)
-        die("epoll_create1: %s", strerror(errno));
-    struct conn *conns = calloc((size_t)opt_conns, sizeof(*conns));
-    if (!conns)
-        die("out of memory");
+    peer_resolve(&peer, opt_host, opt_port, NULL);
+    epfd = ep_create();
+    struct conn *conns = xcalloc((size_t)opt_conns, sizeof(*conns));
     size_t req_max = 4 + MAX_KEY + 32 + (size_t)opt_value_size + 2;
     for (int i = 0; i < opt_conns; i++) {
         struct conn *c = &conns[i];
         c->id = i;
         c->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)(i + 1) * 0x2545f4914f6cdd1dull);
-        c->keys = calloc((size_t)opt_depth, sizeof(*c->keys));
-        c->is_get = calloc((size_t)opt_depth, 1);
-        c->out = malloc(req_max * (size_t)opt_depth);
+        c->keys = xcalloc((size_t)opt_depth, sizeof(*c->keys));
+        c->is_get = xcalloc((size_t)opt_depth, 1);
+        c->out = xmalloc(req_max * (size_t)opt_depth);
         c->in_cap = 1 << 17;
-        c->in = malloc(c->in_cap);
-        if (!c->keys || !c->is_get || !c->out || !c->in)
-            die("out of memory");
-        c->fd = connect_one(i);
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
-            die("epoll_ctl add: %s", strerror(errno));
+        c->in = xmalloc(c->in_cap);
+        c->fd = peer_connect(&peer, i);
+        ep_add(epfd, c->fd, c);
     }
 
     /* Every key once, so that gets hit. */
@@ -583,7 +371,7 @@ int main(int argc, char **argv)
            "depth=%ld keys=%ld key_size=%ld value_size=%ld get_ratio=%.2f\n",
            rate, (unsigned long long)ops_total, (unsigned long long)gets_total,
            (unsigned long long)hits_total, (unsigned long long)sets_total, secs,
-           cpu / secs * 100.0, server_pct, percentile(0.5), percentile(0.99), opt_conns, opt_depth,
+           cpu / secs * 100.0, server_pct, hist_percentile(0.5), hist_percentile(0.99), opt_conns, opt_depth,
            opt_keys, opt_key_size, opt_value_size, opt_get_ratio);
     fflush(stdout);
     for (int i = 0; i < opt_conns; i++) {
