@@ -647,6 +647,12 @@ def test_proxy_upstream_killed(ctx):
     check(wait_for(lambda: stderr_count(px, up_line) > ups_before, 5 * ctx.factor),
           f"no '{up_line}' in the proxy log {5 * ctx.factor:.0f}s after u1 came back "
           f"(health check every 200 ms): {px.stderr_tail()}")
+    # Each worker keeps its own view and health check: wait until every
+    # worker that marked u1 down (one log line each) has marked it up.
+    downs = stderr_count(px, down_line)
+    check(wait_for(lambda: stderr_count(px, up_line) - ups_before >= downs, 2 * ctx.factor),
+          f"only {stderr_count(px, up_line) - ups_before} of the {downs} worker(s) that marked "
+          f"u1 down marked it up again: {px.stderr_tail()}")
     ctx.log(f"u1 marked up {time.monotonic() - t_restart:.2f}s after the restart "
             f"({time.monotonic() - t_kill:.1f}s after the kill)")
     again = _ident_flows(ctx, px, 20, 256 << 10, pool, prefix="again")
