@@ -158,7 +158,8 @@ def test_resume_eof_after_held_bytes(ctx):
     """The client sends its request and its EOF at once.  The EOF is
     reported (on_eof) or acted on (no on_eof: close) only after the held
     bytes were offered after the resume.  A connection closed before the
-    resume gets no re-offer and no on_eof."""
+    resume, or by the same callback right after it, gets no re-offer and
+    no on_eof."""
     t = 5 * ctx.factor
     for no_eof in (False, True):
         srv = _server(ctx, RESUME_LUA, env={"RL_TEST_NO_EOF": "1" if no_eof else "0"},
@@ -170,6 +171,7 @@ def test_resume_eof_after_held_bytes(ctx):
             (b"pause 150\npartial", b"paused\n" + (tail % 1 if tail else b"")),
             (b"pause 50\na\npause 50\nb\n", b"paused\n> a\npaused\n> b\n" + (tail % 4 if tail else b"")),
             (b"drop 100\nlost\n", b"paused\n"),
+            (b"rclose 100\nlost\n", b"paused\n"),
         ]:
             s = connect(srv.addr)
             try:

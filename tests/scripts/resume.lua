@@ -8,6 +8,7 @@
 --   "repause MS"  the same, but that timer resumes and pauses again at once
 --                 (no re-offer then); another resumes MS ms later -> "paused"
 --   "drop MS"     the same, but the timer closes the connection instead
+--   "rclose MS"   the same, but the timer resumes and then closes at once
 --   "flip"        pause and resume inside this call and leave the rest:
 --                 not paused when it returns, so no re-offer      -> "flipped"
 --   "calls"       -> "calls N": on_data calls on this connection so far
@@ -29,6 +30,7 @@ local function hold(conn, st, cmd, ms)
     if cmd == "drop" then conn:close() return end
     st.paused = false
     conn:resume()
+    if cmd == "rclose" then conn:close() return end
     if cmd == "repause" then
       st.paused = true
       conn:pause()
@@ -60,7 +62,7 @@ local service = {
       pos = nl
       st.lines = st.lines + 1
       local cmd, ms = line:match("^(%a+) (%d+)$")
-      if cmd == "pause" or cmd == "repause" or cmd == "drop" then
+      if cmd == "pause" or cmd == "repause" or cmd == "drop" or cmd == "rclose" then
         hold(conn, st, cmd, tonumber(ms))
         return pos
       elseif line == "flip" then
