@@ -22,11 +22,14 @@ typedef struct rl_worker rl_worker;
  * the operations that caused them. */
 enum rl_event_type {
 	RL_EV_OPEN = 1,   /* a connection was accepted */
-	RL_EV_DATA = 2,   /* bytes arrived; call rl_rx_begin before looking */
+	RL_EV_DATA = 2,   /* bytes arrived, or (len 0) bytes held while paused
+			   * are offered again after a resume; call
+			   * rl_rx_begin before looking */
 	RL_EV_CLOSE = 3,  /* the connection is gone; res is the reason */
 	RL_EV_RELOAD = 4, /* the operator asked for a reload (SIGHUP) */
 	RL_EV_CONNECT = 5,/* an outbound connection is established */
-	RL_EV_EOF = 6,    /* the peer finished sending (eof events only) */
+	RL_EV_EOF = 6,    /* the peer finished sending (eof events only);
+			   * call rl_rx_eof before reporting it */
 	RL_EV_DRAIN = 7,  /* unsent bytes fell to the low-water mark again */
 };
 
@@ -95,6 +98,12 @@ int rl_rx_begin(rl_worker *w, rl_event *ev);
  * exceeding its unconsumed-bytes limit. */
 int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed);
 
+/* An EOF event is about to be reported.  Returns 0 to report it now, or -1
+ * when the handler left bytes unconsumed while paused: the EOF is held back
+ * and comes again as an EOF event once those bytes have been offered after
+ * a resume. */
+int rl_rx_eof(rl_worker *w, rl_event *ev);
+
 /* -- Connections --------------------------------------------------------- */
 
 /* Queue bytes for sending.  bid >= 0 means p lies in that ring buffer and is
@@ -126,7 +135,12 @@ int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
 int rl_conn_shutdown(rl_worker *w, uint32_t conn, uint32_t gen);
 
 /* Stop (1) or resume (0) reading from a connection, e.g. while the
- * connection its bytes are forwarded to is backed up. */
+ * connection its bytes are forwarded to is backed up.  Bytes the handler
+ * leaves unconsumed while paused (or holds when it is paused) are offered
+ * again at the next poll after the resume, before any newer bytes, without
+ * waiting for the peer to send more; the peer's EOF (the EOF event, or the
+ * close it causes) waits until then.  Bytes left unconsumed while not
+ * paused are offered again only with the next bytes that arrive. */
 int rl_conn_pause(rl_worker *w, uint32_t conn, uint32_t gen, int pause);
 
 /* Ask for a DRAIN event once the connection's unsent bytes are at or below

@@ -48,6 +48,11 @@ struct rl_conn {
 	uint8_t wr_shut;        /* ... done */
 	uint8_t drain_notify;   /* went over high water: report the drain */
 	uint8_t no_self_pause;  /* its own unsent bytes do not stop its reads */
+	uint8_t rx_held;        /* residue left while user_paused: offered
+				 * again on resume (when rx.len > 0) */
+	uint8_t rx_reoffer;     /* resumed with held bytes: on w->again */
+	uint8_t eof_pending;    /* EOF event held back until the held bytes
+				 * have been offered */
 	int32_t rx_bid;         /* buffer of the arrival being offered */
 	int close_reason;
 	uint32_t inflight_bytes;

@@ -158,6 +158,22 @@ int rl_rxbuf_consumed(struct rl_rxbuf *rx, uint32_t n, size_t limit,
 	}
 }
 
+int rl_rxbuf_reoffer(struct rl_rxbuf *rx, struct rl_rx_offer *o)
+{
+	if (rx->len == 0)
+		return -1;
+	/* As after an arrival that was copied whole: what is consumed is
+	 * dropped from the residue, the rest stays. */
+	rx->buf = NULL;
+	rx->buf_len = 0;
+	rx->buf_off = 0;
+	rx->old_len = rx->len;
+	rx->appended = 0;
+	rx->phase = RL_RX_ALL;
+	offer_residue(rx, o);
+	return 0;
+}
+
 void rl_rxbuf_free(struct rl_rxbuf *rx)
 {
 	free(rx->data);

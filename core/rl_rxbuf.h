@@ -7,6 +7,10 @@
  * the handler has consumed past the residue, the rest of the buffer is
  * offered in place again.  So copying is bounded by the frames that span
  * buffers, not by the traffic.
+ *
+ * A residue can also be offered again on its own, with no new arrival
+ * (rl_rxbuf_reoffer): the worker does that when a paused connection that
+ * holds unconsumed bytes is resumed.
  */
 #ifndef RL_RXBUF_H
 #define RL_RXBUF_H
@@ -53,6 +57,11 @@ int rl_rxbuf_begin(struct rl_rxbuf *rx, const uint8_t *buf, uint32_t len,
  * in the residue), or -EMSGSIZE / -ENOMEM. */
 int rl_rxbuf_consumed(struct rl_rxbuf *rx, uint32_t n, size_t limit,
 		      struct rl_rx_offer *o, uint64_t *copied);
+
+/* Offer the residue again by itself, with no arrival (nothing is copied).
+ * Returns 0 with the offer in o, or -1 when there is no residue.  Finish it
+ * with rl_rxbuf_consumed, which then returns 0. */
+int rl_rxbuf_reoffer(struct rl_rxbuf *rx, struct rl_rx_offer *o);
 
 void rl_rxbuf_free(struct rl_rxbuf *rx);
 

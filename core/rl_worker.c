@@ -245,6 +245,26 @@ static inline int want_recv(const struct rl_conn *c)
 	       !c->user_paused && !c->close_req && !c->aborting;
 }
 
+/* Bytes may still be offered to the connection's handler. */
+static inline int offer_live(const struct rl_conn *c)
+{
+	return c && c->state == RL_CONN_OPEN && !c->close_req && !c->aborting;
+}
+
+/* Unconsumed bytes the handler left while paused: they are offered again
+ * when it resumes, and the peer's EOF waits until then. */
+static inline int rx_holding(const struct rl_conn *c)
+{
+	return c->rx_held && c->rx.len;
+}
+
+/* Look at the connection at the next poll (emit_again). */
+static inline int again_push(struct rl_worker *w, const struct rl_conn *c,
+			     uint32_t idx)
+{
+	return vec_push64(&w->again, (uint64_t)c->gen << 32 | idx);
+}
+
 static void conn_shutdown(struct rl_conn *c)
 {
 	/* Wakes a recv or send waiting in the kernel, which then completes;
@@ -316,9 +336,12 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 			c->wr_shut = 1;
 		}
 		/* A close is acted on only once every answer is out.  With eof
-		 * events the handler decides, unless both sides are done. */
+		 * events the handler decides, unless both sides are done.  A
+		 * peer's EOF also waits for bytes held while paused to be
+		 * offered again (and for its EOF event, held back meanwhile). */
 		if (c->state == RL_CONN_OPEN &&
-		    ((c->rd_eof && (!c->eof_event || c->wr_shut)) ||
+		    ((c->rd_eof && !rx_holding(c) && !c->eof_pending &&
+		      (!c->eof_event || c->wr_shut)) ||
 		     c->close_req) &&
 		    !c->sq.bytes && !c->send_inflight) {
 			c->state = RL_CONN_CLOSING;
@@ -411,6 +434,46 @@ static int emit_drained(struct rl_worker *w, rl_event *ev, int n, int max)
 	}
 	if (w->drained.head == w->drained.n)
 		w->drained.head = w->drained.n = 0;
+	return n;
+}
+
+/* Connections resumed with bytes held while paused get them offered again,
+ * as a DATA event with no new bytes (rl_rx_begin fills it in), before
+ * anything received later; an EOF held back behind such bytes follows once
+ * they have been offered and the handler did not keep them paused. */
+static NOINLINE int emit_again(struct rl_worker *w, rl_event *ev, int n,
+			       int max)
+{
+	uint64_t *q = w->again.p;
+
+	while (w->again.head < w->again.n && n < max) {
+		uint64_t e = q[w->again.head++];
+		uint32_t idx = (uint32_t)e;
+		struct rl_conn *c = rl_conntab_get(&w->conns, idx,
+						   (uint32_t)(e >> 32));
+
+		if (!c)
+			continue;
+		if (c->rx_reoffer) {
+			c->rx_reoffer = 0;
+			/* Paused again since the resume: the next resume
+			 * offers them. */
+			if (offer_live(c) && !c->user_paused && c->rx.len) {
+				fill_event(&ev[n++], RL_EV_DATA, idx, c->gen, 0);
+				continue;
+			}
+		}
+		if (c->eof_pending && !rx_holding(c)) {
+			c->eof_pending = 0;
+			if (offer_live(c))
+				fill_event(&ev[n++], RL_EV_EOF, idx, c->gen, 0);
+			/* A close that waited for the EOF. */
+			if (c->state == RL_CONN_OPEN)
+				queue_work(w, c, idx);
+		}
+	}
+	if (w->again.head == w->again.n)
+		w->again.head = w->again.n = 0;
 	return n;
 }
 
@@ -795,6 +858,8 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 	n = emit_closed(w, ev, 0, max);
 	if (unlikely(w->drained.n))
 		n = emit_drained(w, ev, n, max);
+	if (unlikely(w->again.n))
+		n = emit_again(w, ev, n, max);
 	if (unlikely(w->reload_pending) && n < max) {
 		memset(&ev[n], 0, sizeof(ev[n]));
 		ev[n++].type = RL_EV_RELOAD;
@@ -816,7 +881,7 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 		}
 	}
 	wait_completions(w, n == 0 && w->work.n == 0 && w->closed.n == 0 &&
-			 w->drained.n == 0, now);
+			 w->drained.n == 0 && w->again.n == 0, now);
 	clock_read(&w->clock);
 	n = reap(w, ev, n, max);
 	return emit_closed(w, ev, n, max);
@@ -836,9 +901,18 @@ static NOINLINE void close_unconsumed(struct rl_worker *w, struct rl_conn *c,
 	queue_work(w, c, idx);
 }
 
-static inline int offer_live(struct rl_conn *c)
+/* An offer ended: what the handler left is held for a re-offer on resume
+ * only if it is paused now, as it returns (it has just seen these bytes). */
+static void offer_done(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
-	return c && c->state == RL_CONN_OPEN && !c->close_req && !c->aborting;
+	c->rx_held = c->user_paused && c->rx.len;
+	c->rx_reoffer = 0;
+	if (unlikely(c->eof_pending || c->rd_eof)) {
+		/* An EOF event or a close waited for these bytes. */
+		if (c->eof_pending && !c->rx_held)
+			again_push(w, c, idx);
+		queue_work(w, c, idx);
+	}
 }
 
 int rl_rx_begin(rl_worker *w, rl_event *ev)
@@ -851,11 +925,24 @@ int rl_rx_begin(rl_worker *w, rl_event *ev)
 		return -1;
 	/* The common case: nothing left over, the buffer is offered as is. */
 	if (likely(c->rx.len == 0)) {
+		if (unlikely(ev->len == 0))
+			return -1;      /* a re-offer with nothing left */
 		c->rx.buf = ev->ptr;
 		c->rx.buf_len = ev->len;
 		c->rx.buf_off = 0;
 		c->rx.phase = RL_RX_DIRECT;
 		c->rx_bid = ev->bid;
+		return 0;
+	}
+	if (unlikely(ev->len == 0)) {
+		/* Bytes held while paused, offered again after a resume
+		 * (emit_again); paused again since, they wait. */
+		if (c->user_paused || rl_rxbuf_reoffer(&c->rx, &o))
+			return -1;
+		c->rx_bid = -1;
+		ev->ptr = o.ptr;
+		ev->len = o.len;
+		ev->bid = -1;
 		return 0;
 	}
 	c->rx_bid = ev->bid;
@@ -896,8 +983,22 @@ int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed)
 		ev->ptr = o.ptr;
 		ev->len = o.len;
 		ev->bid = o.in_buf ? c->rx_bid : -1;
+	} else {
+		offer_done(w, c, ev->conn);
 	}
 	return ret;
+}
+
+int rl_rx_eof(rl_worker *w, rl_event *ev)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, ev->conn, ev->gen);
+
+	/* The handler paused with bytes left: they come first, on resume. */
+	if (c && rx_holding(c)) {
+		c->eof_pending = 1;
+		return -1;
+	}
+	return 0;
 }
 
 /* The connection a handler names, unless it is gone or only waiting for
@@ -1074,7 +1175,22 @@ int rl_conn_pause(rl_worker *w, uint32_t conn, uint32_t gen, int pause)
 
 	if (!c)
 		return -ENOTCONN;
-	c->user_paused = pause != 0;
+	if (pause) {
+		/* Bytes already left unconsumed wait for the resume.  During
+		 * an offer to this connection, how the offer ends decides
+		 * (offer_done). */
+		if (c->rx.len && c->rx.phase == RL_RX_IDLE)
+			c->rx_held = 1;
+		c->user_paused = 1;
+	} else {
+		/* Resumed with bytes held: offered again at the next poll,
+		 * without waiting for more from the peer. */
+		if (c->user_paused && rx_holding(c) &&
+		    c->rx.phase == RL_RX_IDLE && !c->rx_reoffer &&
+		    again_push(w, c, conn) == 0)
+			c->rx_reoffer = 1;
+		c->user_paused = 0;
+	}
 	queue_work(w, c, conn);
 	return 0;
 }
@@ -1295,6 +1411,7 @@ void rl_worker_teardown(struct rl_worker *w)
 	vec_free(&w->closed);
 	vec_free(&w->released);
 	vec_free(&w->drained);
+	vec_free(&w->again);
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
 	w->wake_fd = -1;

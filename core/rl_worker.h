@@ -72,6 +72,8 @@ struct rl_worker {
 	struct rl_vec closed;       /* u32 slots whose CLOSE is not yet out */
 	struct rl_vec released;     /* u32 slots whose CLOSE Lua is handling */
 	struct rl_vec drained;      /* u64 (gen << 32 | slot): DRAIN to report */
+	struct rl_vec again;        /* u64 (gen << 32 | slot): held bytes to
+				     * offer again, EOF events held back */
 
 	struct rl_send_slot slots[RL_SEND_SLOTS];
 	int nslots;

@@ -20,8 +20,12 @@
 -- on either side is passed on; the pair closes when both directions are
 -- done.  A refused or timed-out connect marks the upstream down and is
 -- retried on the next one; a client is closed only if every upstream fails.
+--
+-- Until its upstream is connected a client is paused: what it sends waits
+-- in the kernel, and bytes that arrived before the pause took effect are
+-- left unconsumed.  Resuming it offers them again (conn:resume), so they go
+-- to whichever upstream answers first, with no copy kept here.
 local ringline = require "ringline"
-local buffer = require "string.buffer"
 
 local function env(name, default)
   local v = os.getenv(name)
@@ -122,7 +126,8 @@ local upstream_handlers = {
     local client = st.client
     if client.closed then up:close() return end
     local cs = client.state
-    cs.up, cs.pending, cs.early = up, nil, nil
+    cs.up, cs.pending = up, nil
+    -- Bytes the client sent meanwhile are offered again and forwarded.
     client:resume()
   end,
   on_data = function(up, data)
@@ -182,9 +187,9 @@ function connect_upstream(client)
   -- conn:set_backpressure.
   up:set_backpressure(false)
   cs.pending = up
-  -- What the client sent while earlier attempts failed goes first; sends
-  -- queue until the connect completes, and so does a half-close.
-  if cs.early and #cs.early > 0 then up:send(cs.early:tostring()) end
+  -- A half-close queues until the connect completes.  (The client's EOF
+  -- comes only after every byte before it was forwarded, so here it
+  -- was a bare EOF.)
   if cs.eof then up:shutdown() end
 end
 
@@ -212,6 +217,8 @@ return {
     client:set_backpressure(false)
     if IDLE_TIMEOUT > 0 then client:set_timeout(IDLE_TIMEOUT) end
     client.state.tried = {}
+    -- Nothing to forward to yet: the upstream's on_open resumes it.
+    client:pause()
     connect_upstream(client)
   end,
 
@@ -223,15 +230,12 @@ return {
       forward(client, up, data)
       return #data
     end
-    local pending = cs.pending
-    if not pending then return #data end   -- no upstream left: closing
-    -- Still connecting: queue on the upstream, and keep a copy in case
-    -- this upstream fails and another must get the same bytes.
-    cs.early = cs.early or buffer.new()
-    cs.early:put(tostring(data))
-    pending:send(data)
-    if #cs.early > HIGH_WATER then client:pause() end
-    return #data
+    if not cs.pending then return #data end   -- no upstream left: closing
+    -- Still connecting (bytes that came before the pause took effect):
+    -- leave them; they are offered again when the upstream's on_open
+    -- resumes the client, whichever upstream that is.
+    client:pause()
+    return 0
   end,
 
   on_eof = function(client)

@@ -122,6 +122,9 @@ end
 
 -- Stop reading from the connection (its bytes wait in the kernel), e.g.
 -- while the connection they are forwarded to is backed up; resume later.
+-- Bytes on_data leaves unconsumed while paused are offered to it again
+-- right after the resume (next loop iteration), without waiting for the
+-- peer to send more; the peer's EOF waits until then.
 function methods.pause(c)
   if c.closed then return nil, "closed" end
   C.rl_conn_pause(W, c._idx, c._gen, 1)

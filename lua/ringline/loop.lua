@@ -227,7 +227,9 @@ local function run(w, svc, script)
           end
         elseif t == EV_EOF or t == EV_DRAIN then
           local c = conns[e.conn]
-          if c and c._gen == e.gen then
+          -- An EOF waits behind bytes left unconsumed while paused: it
+          -- comes again once they have been offered after the resume.
+          if c and c._gen == e.gen and (t ~= EV_EOF or C.rl_rx_eof(w, e) == 0) then
             local h = c._h
             local f
             if t == EV_EOF then f = h and h.on_eof or (not h and on_eof)

@@ -1,6 +1,7 @@
 """TCP proxy (scripts/proxy.lua): byte-exact forwarding for many concurrent
 connections, round robin and leastconn, upstreams that die, refuse or never
-answer, active health checks, half-close both ways, backpressure against a
+answer, requests sent before the upstream connect completes, active health
+checks, half-close both ways, backpressure against a
 slow reader, the idle timeout, and real protocols (redis, HTTP with curl).
 
 Upstreams are ringline processes (scripts/echo.lua, or
@@ -647,6 +648,12 @@ def test_proxy_upstream_killed(ctx):
     check(wait_for(lambda: stderr_count(px, up_line) > ups_before, 5 * ctx.factor),
           f"no '{up_line}' in the proxy log {5 * ctx.factor:.0f}s after u1 came back "
           f"(health check every 200 ms): {px.stderr_tail()}")
+    # Each worker keeps its own view and health check: wait until every
+    # worker that marked u1 down (one log line each) has marked it up.
+    downs = stderr_count(px, down_line)
+    check(wait_for(lambda: stderr_count(px, up_line) - ups_before >= downs, 2 * ctx.factor),
+          f"only {stderr_count(px, up_line) - ups_before} of the {downs} worker(s) that marked "
+          f"u1 down marked it up again: {px.stderr_tail()}")
     ctx.log(f"u1 marked up {time.monotonic() - t_restart:.2f}s after the restart "
             f"({time.monotonic() - t_kill:.1f}s after the kill)")
     again = _ident_flows(ctx, px, 20, 256 << 10, pool, prefix="again")
@@ -729,6 +736,111 @@ def test_proxy_timed_out_upstream_skipped(ctx):
         check_no_leftovers(ctx, px)
     finally:
         bh.close()
+
+
+def _echo_on(lsock, stop):
+    """Accept on lsock until stop is set; echo each connection until its
+    EOF, then close it."""
+    def echo(c):
+        try:
+            c.settimeout(30)
+            while True:
+                b = c.recv(1 << 16)
+                if not b:
+                    break
+                c.sendall(b)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    lsock.settimeout(0.05)
+    while not stop.is_set():
+        try:
+            c, _ = lsock.accept()
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+
+
+def test_proxy_request_before_upstream_accepts(ctx):
+    """Clients that send their request right after connecting and then only
+    wait for the reply, sending nothing more, while the proxy's connect to
+    the upstream is still pending (its accept queue is full until the
+    proxy's SYN retransmission, about 1 s later): every request reaches the
+    upstream once the connect completes and every reply comes back; a
+    client that half-closed right after its request gets the reply, then
+    EOF.  Then with a refusing upstream first: the request goes to the next
+    one, for 30 clients in a row."""
+    bh = Blackhole()
+    stop = threading.Event()
+    th = None
+    try:
+        px = start_proxy(ctx, [bh.url], workers=1, connect_timeout=int(5000 * ctx.factor),
+                         check_interval=0)
+        reqs = [b"GET /first\n", bytes(range(256)) * 256 + b"\n"]
+        socks = []
+        try:
+            for r in reqs:
+                s = connect(px.addr, 10)
+                socks.append(s)
+                s.sendall(r)
+            shut = connect(px.addr, 10)
+            socks.append(shut)
+            shut.sendall(b"and goodbye\n")
+            shut.shutdown(socket.SHUT_WR)
+            t0 = time.monotonic()
+            time.sleep(0.3)
+            bh.release()
+            th = threading.Thread(target=_echo_on, args=(bh.lsock, stop), daemon=True)
+            th.start()
+            for i, (s, r) in enumerate(zip(socks, reqs)):
+                got = recv_exact(s, len(r), 5 * ctx.factor,
+                                 what=f"the reply to request {i} sent before the upstream "
+                                      f"accepted (nothing sent since)")
+                check(got == r, f"request {i}: the reply differs from the request")
+            got, how = read_until_closed(shut, 5 * ctx.factor)
+            check(got == b"and goodbye\n" and how == "eof",
+                  f"request then half-close before the upstream accepted: expected the reply "
+                  f"then EOF, got {got!r} ({how})")
+            ctx.log(f"replies {time.monotonic() - t0:.2f}s after the requests")
+        finally:
+            for s in socks:
+                s.close()
+        px.assert_alive()
+        check_no_leftovers(ctx, px)
+    finally:
+        stop.set()
+        if th:
+            th.join(2)
+        bh.close()
+
+    up = start_upstream(ctx, name="echo")
+    px2 = start_proxy(ctx, [url_of(refused_port()), url_of(up)], workers=1, name="proxy2",
+                      down_time=0)
+    for i in range(30):
+        req = f"request {i} ".encode() * (1 + i * 97) + b"\n"
+        s = connect(px2.addr, 10)
+        try:
+            s.sendall(req)
+            if i % 2:
+                s.shutdown(socket.SHUT_WR)
+                got, how = read_until_closed(s, 5 * ctx.factor)
+                check(got == req and how == "eof",
+                      f"client {i} (request, half-close, refused first upstream): got "
+                      f"{len(got)} of {len(req)} bytes{' (different)' if got != req[:len(got)] else ''}"
+                      f", then {how}")
+            else:
+                got = recv_exact(s, len(req), 5 * ctx.factor,
+                                 what=f"client {i}'s reply after a refused first upstream")
+                check(got == req, f"client {i}: the reply differs from the request")
+        finally:
+            s.close()
+    check("Connection refused" in px2.stderr(),
+          f"the refusing upstream was never tried: {px2.stderr_tail()}")
+    check_no_leftovers(ctx, px2)
 
 
 # --------------------------------------------------------------------------

@@ -440,13 +440,15 @@ static void free_stream(struct frames *f)
 	free(f->plen);
 }
 
-/* The handler: take every whole frame at the front of the offer, check it is
- * the next frame of the stream, byte for byte.  Returns bytes consumed. */
-static uint32_t handle(struct frames *f, const struct rl_rx_offer *o)
+/* The handler: take whole frames at the front of the offer (at most max of
+ * them), check each is the next frame of the stream, byte for byte.  Returns
+ * bytes consumed. */
+static uint32_t handle_max(struct frames *f, const struct rl_rx_offer *o,
+			   uint32_t max)
 {
-	uint32_t pos = 0;
+	uint32_t pos = 0, taken = 0;
 
-	while (o->len - pos >= 2) {
+	while (o->len - pos >= 2 && taken < max) {
 		uint32_t n = (uint32_t)o->ptr[pos] << 8 | o->ptr[pos + 1];
 
 		if (o->len - pos - 2 < n)
@@ -457,9 +459,15 @@ static uint32_t handle(struct frames *f, const struct rl_rx_offer *o)
 			return o->len;
 		}
 		f->seen++;
+		taken++;
 		pos += 2 + n;
 	}
 	return pos;
+}
+
+static uint32_t handle(struct frames *f, const struct rl_rx_offer *o)
+{
+	return handle_max(f, o, UINT32_MAX);
 }
 
 /* Feed the stream in buffers of [bmin, bmax] bytes.  Returns bytes copied. */
@@ -555,6 +563,138 @@ static void test_property_copy_is_bounded(void **state)
 	}
 }
 
+static void test_reoffer(void **state)
+{
+	struct rl_rxbuf rx = { 0 };
+	struct rl_rx_offer o;
+	uint8_t a[100], b[2000];
+	uint64_t copied = 0;
+
+	fill(a, sizeof(a), 6);
+	fill(b, sizeof(b), 7);
+
+	/* Nothing held: nothing to offer. */
+	assert_int_equal(rl_rxbuf_reoffer(&rx, &o), -1);
+	assert_int_equal(rx.phase, RL_RX_IDLE);
+
+	/* The residue alone, in place, nothing copied. */
+	make_residue(&rx, a, 100, 40, &copied);
+	assert_int_equal(copied, 40);
+	assert_int_equal(rl_rxbuf_reoffer(&rx, &o), 0);
+	assert_ptr_equal(o.ptr, rx.data);
+	assert_int_equal(o.len, 40);
+	assert_int_equal(o.in_buf, 0);
+	assert_memory_equal(o.ptr, a + 60, 40);
+	assert_int_equal(rx.phase, RL_RX_ALL);
+	/* Nothing consumed: it all stays, the offer is over. */
+	assert_int_equal(rl_rxbuf_consumed(&rx, 0, LIMIT, &o, &copied), 0);
+	assert_int_equal(rx.phase, RL_RX_IDLE);
+	assert_int_equal(rx.len, 40);
+	assert_memory_equal(rx.data, a + 60, 40);
+	assert_int_equal(copied, 40);
+
+	/* Part consumed: the rest stays. */
+	assert_int_equal(rl_rxbuf_reoffer(&rx, &o), 0);
+	assert_int_equal(rl_rxbuf_consumed(&rx, 15, LIMIT, &o, &copied), 0);
+	assert_int_equal(rx.len, 25);
+	assert_memory_equal(rx.data, a + 75, 25);
+	assert_int_equal(rx.phase, RL_RX_IDLE);
+
+	/* A later arrival still joins what is left, as usual. */
+	assert_int_equal(rl_rxbuf_begin(&rx, b, 2000, LIMIT, &o, &copied), 0);
+	assert_int_equal(o.in_buf, 0);
+	assert_int_equal(o.len, 25 + RL_RXBUF_MIN_PREFIX);
+	assert_memory_equal(o.ptr, a + 75, 25);
+	assert_memory_equal(o.ptr + 25, b, RL_RXBUF_MIN_PREFIX);
+	assert_int_equal(rl_rxbuf_consumed(&rx, 30, LIMIT, &o, &copied), 1);
+	assert_int_equal(o.in_buf, 1);
+	assert_ptr_equal(o.ptr, b + 5);
+	assert_int_equal(rl_rxbuf_consumed(&rx, 1995, LIMIT, &o, &copied), 0);
+	assert_int_equal(rx.len, 0);
+	assert_null(rx.data);
+
+	/* Consumed whole (or more than offered): the residue is freed. */
+	make_residue(&rx, a, 100, 10, &copied);
+	assert_int_equal(rl_rxbuf_reoffer(&rx, &o), 0);
+	assert_int_equal(rl_rxbuf_consumed(&rx, 10, LIMIT, &o, &copied), 0);
+	assert_int_equal(rx.len, 0);
+	assert_null(rx.data);
+	assert_int_equal(rl_rxbuf_reoffer(&rx, &o), -1);
+	rl_rxbuf_free(&rx);
+}
+
+/* A handler that takes at most a few frames per offer, as one that pauses
+ * with whole frames left: between arrivals its residue is offered again
+ * (as on resume) until it takes nothing more.  Every frame arrives once,
+ * in order, and a re-offer never copies. */
+static void test_property_reoffer_between_arrivals(void **state)
+{
+	for (uint32_t seed = 200; seed < 230; seed++) {
+		struct rl_rxbuf rx = { 0 };
+		struct rl_rx_offer o;
+		struct frames f;
+		uint64_t copied = 0, before;
+		uint8_t *buf = malloc(9000);
+		size_t pos = 0;
+
+		assert_non_null(buf);
+		rng_state = seed;
+		make_stream(&f, 300, 300, 5000, 10);
+		while (pos < f.len) {
+			uint32_t len = 1 + rnd() % 9000;
+			int ret;
+
+			if (len > f.len - pos)
+				len = (uint32_t)(f.len - pos);
+			memset(buf, 0xee, 9000);
+			memcpy(buf, f.stream + pos, len);
+			pos += len;
+			assert_int_equal(rl_rxbuf_begin(&rx, buf, len, LIMIT,
+							&o, &copied), 0);
+			do {
+				ret = rl_rxbuf_consumed(&rx,
+					handle_max(&f, &o, rnd() % 3), LIMIT,
+					&o, &copied);
+				assert_true(f.ok);
+				assert_true(ret == 0 || ret == 1);
+			} while (ret == 1);
+			/* The buffer is gone (the lease ended): scribble on
+			 * it, then offer what is held until nothing moves. */
+			memset(buf, 0xdd, 9000);
+			while (rx.len) {
+				uint32_t held = rx.len, n;
+
+				before = copied;
+				assert_int_equal(rl_rxbuf_reoffer(&rx, &o), 0);
+				assert_int_equal(o.len, held);
+				n = handle_max(&f, &o, 1 + rnd() % 2);
+				assert_true(f.ok);
+				assert_int_equal(rl_rxbuf_consumed(&rx, n, LIMIT,
+								   &o, &copied), 0);
+				assert_int_equal(copied, before);
+				assert_int_equal(rx.len, held - n);
+				assert_int_equal(rx.phase, RL_RX_IDLE);
+				if (n == 0)
+					break;
+			}
+		}
+		/* Whatever whole frames are still held come out now. */
+		while (rl_rxbuf_reoffer(&rx, &o) == 0) {
+			uint32_t n = handle(&f, &o);
+
+			assert_true(f.ok);
+			assert_true(n > 0);
+			assert_int_equal(rl_rxbuf_consumed(&rx, n, LIMIT, &o,
+							   &copied), 0);
+		}
+		assert_int_equal(f.seen, f.n);
+		assert_null(rx.data);
+		rl_rxbuf_free(&rx);
+		free_stream(&f);
+		free(buf);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -569,6 +709,8 @@ int main(void)
 		cmocka_unit_test(test_limit_when_spanning_frame_needs_all),
 		cmocka_unit_test(test_property_random_cuts),
 		cmocka_unit_test(test_property_copy_is_bounded),
+		cmocka_unit_test(test_reoffer),
+		cmocka_unit_test(test_property_reoffer_between_arrivals),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
