@@ -32,55 +32,75 @@ static int parse_unix(const char *path, struct rl_addr *a, char *err,
 	return 0;
 }
 
-static int parse_tcp(const char *s, struct rl_addr *a, char *err, size_t len)
+/* "host:port" or "[v6]:port" into host and port text. */
+static int split_host_port(const char *s, char *host, size_t hostlen,
+			   char *port, size_t portlen)
 {
-	char host[256];
 	const char *colon, *h = s;
 	size_t hlen;
-	struct addrinfo hints = { .ai_flags = AI_NUMERICSERV | AI_PASSIVE,
-				  .ai_socktype = SOCK_STREAM }, *res;
 	char *end;
-	long port;
-	int ret;
+	long p;
 
 	if (*s == '[') {
 		colon = strstr(s, "]:");
 		if (!colon)
-			goto bad;
+			return -EINVAL;
 		h = s + 1;
 		hlen = colon - h;
 		colon++;
 	} else {
 		colon = strrchr(s, ':');
 		if (!colon)
-			goto bad;
+			return -EINVAL;
 		hlen = colon - s;
 	}
-	if (hlen >= sizeof(host))
-		goto bad;
+	if (hlen >= hostlen || strlen(colon + 1) >= portlen)
+		return -EINVAL;
 	memcpy(host, h, hlen);
 	host[hlen] = 0;
-	port = strtol(colon + 1, &end, 10);
-	if (*end || end == colon + 1 || port < 0 || port > 65535)
-		goto bad;
-	ret = getaddrinfo(hlen && strcmp(host, "*") ? host : NULL, colon + 1,
+	p = strtol(colon + 1, &end, 10);
+	if (*end || end == colon + 1 || p < 0 || p > 65535)
+		return -EINVAL;
+	strcpy(port, colon + 1);
+	return 0;
+}
+
+/* numeric: only resolve a numeric host (no lookup can block); a name is
+ * left to the caller (returns 1). */
+static int parse_tcp(const char *s, struct rl_addr *a, int numeric,
+		     char *host, size_t hostlen, char *port, size_t portlen,
+		     char *err, size_t len)
+{
+	struct addrinfo hints = { .ai_flags = AI_NUMERICSERV | AI_PASSIVE,
+				  .ai_socktype = SOCK_STREAM }, *res;
+	int ret;
+
+	if (split_host_port(s, host, hostlen, port, portlen)) {
+		snprintf(err, len, "invalid %saddress '%s' (expected "
+			 "tcp://host:port, tcp://[v6]:port or unix:/path)",
+			 numeric ? "" : "listen ", s);
+		return -EINVAL;
+	}
+	if (numeric)
+		hints.ai_flags |= AI_NUMERICHOST;
+	ret = getaddrinfo(*host && strcmp(host, "*") ? host : NULL, port,
 			  &hints, &res);
+	if (ret == EAI_NONAME && numeric)
+		return 1;
 	if (ret) {
-		snprintf(err, len, "cannot resolve listen address '%s': %s", s,
-			 gai_strerror(ret));
+		snprintf(err, len, "cannot resolve %saddress '%s': %s",
+			 numeric ? "" : "listen ", s, gai_strerror(ret));
 		return -EINVAL;
 	}
 	memcpy(&a->sa, res->ai_addr, res->ai_addrlen);
 	a->len = res->ai_addrlen;
 	freeaddrinfo(res);
 	return 0;
-bad:
-	snprintf(err, len, "invalid listen address '%s' (expected "
-		 "tcp://host:port, tcp://[v6]:port or unix:/path)", s);
-	return -EINVAL;
 }
 
-int rl_addr_parse(const char *s, struct rl_addr *a, char *err, size_t len)
+static int parse_addr(const char *s, struct rl_addr *a, int numeric,
+		      char *host, size_t hostlen, char *port, size_t portlen,
+		      char *err, size_t len)
 {
 	memset(a, 0, sizeof(*a));
 	snprintf(a->text, sizeof(a->text), "%s", s);
@@ -89,7 +109,23 @@ int rl_addr_parse(const char *s, struct rl_addr *a, char *err, size_t len)
 				  a, err, len);
 	if (strncmp(s, "tcp://", 6) == 0)
 		s += 6;
-	return parse_tcp(s, a, err, len);
+	return parse_tcp(s, a, numeric, host, hostlen, port, portlen, err,
+			 len);
+}
+
+int rl_addr_parse(const char *s, struct rl_addr *a, char *err, size_t len)
+{
+	char host[256], port[8];
+
+	return parse_addr(s, a, 0, host, sizeof(host), port, sizeof(port),
+			  err, len);
+}
+
+int rl_addr_parse_numeric(const char *s, struct rl_addr *a, char *host,
+			  size_t hostlen, char *port, size_t portlen,
+			  char *err, size_t errlen)
+{
+	return parse_addr(s, a, 1, host, hostlen, port, portlen, err, errlen);
 }
 
 /* A stale socket file from an earlier run would make bind fail; a regular

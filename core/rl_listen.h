@@ -16,6 +16,14 @@ struct rl_addr {
  * 0 or -EINVAL with the reason in err. */
 int rl_addr_parse(const char *s, struct rl_addr *a, char *err, size_t errlen);
 
+/* The same for outbound connects, which must not block: only a numeric
+ * host (or none, or a unix path) is turned into a here.  0 with a filled
+ * in; 1 when the host is a name, copied to host and the port to port for
+ * asynchronous resolution (rl_resolve.h); -EINVAL with the reason in err. */
+int rl_addr_parse_numeric(const char *s, struct rl_addr *a, char *host,
+			  size_t hostlen, char *port, size_t portlen,
+			  char *err, size_t errlen);
+
 /* A listening socket.  TCP sockets use SO_REUSEPORT so each worker has its
  * own and the kernel spreads connections; a unix socket is made once and
  * shared (dup) since unix sockets cannot be spread that way.
