@@ -24,7 +24,7 @@ LDLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
 EXPORT := -Wl,-E
 
 CORE := rl_bufring rl_conn rl_rxbuf rl_sendq rl_options rl_listen rl_log \
-	rl_worker rl_lua rl_reload rl_dict
+	rl_worker rl_lua rl_reload rl_dict rl_resolve
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o)
 HEADERS := $(wildcard core/*.h)
 CDEF := lua/ringline/cdef.lua
