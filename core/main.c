@@ -101,6 +101,29 @@ out:
 	return NULL;
 }
 
+/* RINGLINE_TEST_RESOLVE_DELAY_MS: a test knob, read once here.  Every host
+ * name lookup of an outbound connect first waits this long in its resolver
+ * thread, so tests can show that a slow resolution stalls nobody. */
+static unsigned test_resolve_delay_ms(void)
+{
+	const char *s = getenv("RINGLINE_TEST_RESOLVE_DELAY_MS");
+	unsigned long ms;
+	char *end;
+
+	if (!s || !*s)
+		return 0;
+	ms = strtoul(s, &end, 10);
+	if (*end || ms > 600000) {
+		rl_warn(-1, "RINGLINE_TEST_RESOLVE_DELAY_MS=%s ignored: not a "
+			"number of ms up to 600000", s);
+		return 0;
+	}
+	if (ms)
+		rl_warn(-1, "RINGLINE_TEST_RESOLVE_DELAY_MS=%lu: every host "
+			"name lookup waits that long first (test knob)", ms);
+	return (unsigned)ms;
+}
+
 static void raise_nofile(void)
 {
 	struct rlimit rl;
@@ -336,6 +359,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ringline: cannot create the shared dictionary\n");
 		return 1;
 	}
+	/* Before the workers: helper threads take main's CPU affinity, not
+	 * that of a pinned worker. */
+	sh.resolver = rl_resolver_new(RL_RESOLVE_THREADS, RL_RESOLVE_MAX_PENDING,
+				      test_resolve_delay_ms());
+	if (!sh.resolver) {
+		fprintf(stderr, "ringline: out of memory for the resolver\n");
+		return 1;
+	}
 	if (cfg.watch && rl_watch_open(&watch, cfg.script, err, sizeof(err))) {
 		fprintf(stderr, "ringline: %s\n", err);
 		return EXIT_USAGE;
@@ -385,6 +416,9 @@ int main(int argc, char **argv)
 			status = ws[i].setup_status;
 	}
 	free(ws);
+	/* Workers freed their inboxes: only lookups still running in
+	 * getaddrinfo may outlast this, detached. */
+	rl_resolver_free(sh.resolver, RL_RESOLVE_JOIN_MS);
 	close_unix_listeners(&sh);
 	rl_dict_free(sh.dict);
 	rl_watch_close(&watch);

@@ -38,8 +38,10 @@ typedef struct rl_event {
 	uint32_t conn;        /* connection slot */
 	uint32_t gen;         /* slot generation, part of conn ids */
 	int32_t bid;          /* DATA: ring buffer id, -1 = connection residue */
-	const uint8_t *ptr;   /* DATA: first byte offered */
-	uint32_t len;         /* DATA: bytes offered */
+	const uint8_t *ptr;   /* DATA: first byte offered; CLOSE: the reason
+			       * in words when len > 0 (valid until the next
+			       * poll) */
+	uint32_t len;         /* DATA: bytes offered; CLOSE: length of ptr */
 	int32_t res;          /* CLOSE: 0 = peer closed, >0 RL_CLOSE_*, <0 -errno;
 			       * OPEN: index of the listen address (0-based) */
 } rl_event;
@@ -52,6 +54,8 @@ enum rl_close_reason {
 	RL_CLOSE_UNCONSUMED = 3, /* unconsumed bytes passed the limit */
 	RL_CLOSE_SHUTDOWN = 4,   /* the process is stopping */
 	RL_CLOSE_TIMEOUT = 5,    /* idle longer than the connection's timeout */
+	RL_CLOSE_RESOLVE = 6,    /* the connect's host name did not resolve;
+				  * the CLOSE event's text says which and why */
 };
 
 /* A zero-copy view of received bytes.  C never builds one; the struct lives
@@ -123,12 +127,19 @@ int rl_conn_send_blob(rl_worker *w, uint32_t conn, uint32_t gen, rl_blob *b,
 int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 		  int abort);
 
-/* Start an outbound connection to addr ("tcp://host:port", "unix:/path";
- * host names are resolved here, blocking).  Returns the slot and sets *gen,
- * or -errno.  Success arrives as a CONNECT event; failure or timeout as a
- * CLOSE event with the error.  Sends may be queued before it connects. */
+/* Start an outbound connection to addr ("tcp://host:port", "unix:/path").
+ * A numeric host is connected to at once; a host name is resolved by the
+ * process's resolver threads (rl_resolve.h), never in the worker, and the
+ * connect starts when the answer arrives, trying its addresses in order
+ * until one connects.  timeout_ms (0: none) covers resolution and connects.
+ * Returns the slot and sets *gen, or -errno with the reason in
+ * rl_conn_connect_error.  Success arrives as a CONNECT event; failure or
+ * timeout as a CLOSE event with the error (RL_CLOSE_RESOLVE and a text for
+ * a name that did not resolve).  Sends may be queued before it connects. */
 int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
 		    uint32_t *gen);
+/* Why this worker's last rl_conn_connect failed, in words. */
+const char *rl_conn_connect_error(rl_worker *w);
 
 /* Half-close: shut down our sending side once queued sends are out; reading
  * goes on. */

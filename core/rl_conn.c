@@ -76,6 +76,8 @@ void rl_conntab_release(struct rl_conntab *t, uint32_t idx)
 	if (c->state == RL_CONN_FREE)
 		return;
 	c->state = RL_CONN_FREE;
+	free(c->close_text);
+	c->close_text = NULL;
 	c->gen = (c->gen + 1) & RL_CONN_GEN_MASK;
 	t->free[t->nfree++] = idx;
 	t->used--;

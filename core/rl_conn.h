@@ -22,7 +22,8 @@
 
 enum rl_conn_state {
 	RL_CONN_FREE = 0,
-	RL_CONN_CONNECTING,/* outbound connect in the kernel */
+	RL_CONN_CONNECTING,/* outbound: name being resolved, or connect in
+			    * the kernel */
 	RL_CONN_OPEN,      /* serving */
 	RL_CONN_CLOSING,   /* no more reads; waiting for operations to end */
 	RL_CONN_DEAD,      /* fd closed; slot freed once CLOSE reaches Lua */
@@ -53,11 +54,15 @@ struct rl_conn {
 	uint8_t rx_reoffer;     /* resumed with held bytes: on w->again */
 	uint8_t eof_pending;    /* EOF event held back until the held bytes
 				 * have been offered */
+	uint8_t resolving;      /* CONNECTING: waiting for its host name's
+				 * addresses (rl_resolve); no fd yet */
 	int32_t rx_bid;         /* buffer of the arrival being offered */
 	int close_reason;
 	uint32_t inflight_bytes;
 	uint64_t active_ns;     /* last receive or send completion */
 	void *connect_arg;      /* address and timeout, until connect ends */
+	char *close_text;       /* the close reason in words, when a code says
+				 * too little; freed with the slot */
 	struct rl_rxbuf rx;
 	struct rl_sendq sq;
 };
@@ -76,7 +81,7 @@ int rl_conntab_init(struct rl_conntab *t, uint32_t max);
 void rl_conntab_free(struct rl_conntab *t);
 /* A free slot in state OPEN, or NULL when the table is full. */
 struct rl_conn *rl_conntab_alloc(struct rl_conntab *t, uint32_t *idx);
-/* Give the slot back; its generation moves on. */
+/* Give the slot back (and its close_text); its generation moves on. */
 void rl_conntab_release(struct rl_conntab *t, uint32_t idx);
 
 static inline struct rl_conn *rl_conntab_at(const struct rl_conntab *t,

@@ -270,14 +270,16 @@ static void conn_shutdown(struct rl_conn *c)
 	/* Wakes a recv or send waiting in the kernel, which then completes;
 	 * with sends finished it also tells the peer we are done. */
 	if (!c->shut) {
-		shutdown(c->fd, SHUT_RDWR);
+		if (c->fd >= 0)         /* none while a name was resolving */
+			shutdown(c->fd, SHUT_RDWR);
 		c->shut = 1;
 	}
 }
 
 static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
-	close(c->fd);
+	if (c->fd >= 0)
+		close(c->fd);
 	c->fd = -1;
 	free(c->connect_arg);
 	c->connect_arg = NULL;
@@ -477,6 +479,174 @@ static NOINLINE int emit_again(struct rl_worker *w, rl_event *ev, int n,
 	return n;
 }
 
+/* -- Outbound connects ------------------------------------------------------ */
+
+/* What a connect needs until it ends.  The kernel reads sa when the
+ * CONNECT is submitted (at the next poll), so it lives with the
+ * connection; a name's addresses are tried in order. */
+struct connect_arg {
+	struct sockaddr_storage sa;     /* the address being connected to */
+	socklen_t salen;
+	struct __kernel_timespec ts;    /* its linked timeout */
+	uint64_t deadline_ns;           /* 0 = none; covers name and connects */
+	struct rl_resolve_req *req;     /* the name's request, while pending */
+	int naddrs;                     /* the name's addresses ... */
+	int next;                       /* ... and the one being tried */
+	struct rl_resolve_addr addrs[RL_RESOLVE_MAX_ADDRS];
+};
+
+/* Connect through the ring to arg->sa, with a linked timeout for what is
+ * left of the deadline.  0, or -errno with nothing submitted. */
+static int start_connect(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	struct connect_arg *arg = c->connect_arg;
+	struct io_uring_sqe *sqe;
+	uint64_t now = 0, left;
+	int fd;
+
+	if (arg->deadline_ns) {
+		now = now_ns();
+		if (now >= arg->deadline_ns)
+			return -ETIMEDOUT;
+	}
+	fd = socket(arg->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	c->fd = fd;
+	sqe = get_sqe(w);
+	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&arg->sa, arg->salen);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CONNECT, c->gen, idx));
+	if (arg->deadline_ns) {
+		left = arg->deadline_ns - now;
+		arg->ts.tv_sec = left / 1000000000ull;
+		arg->ts.tv_nsec = left % 1000000000ull;
+		sqe->flags |= IOSQE_IO_LINK;
+		sqe = get_sqe(w);
+		io_uring_prep_link_timeout(sqe, &arg->ts, 0);
+		io_uring_sqe_set_data64(sqe, ud_make(OP_LINK_TIMEOUT, 0, 0));
+	}
+	return 0;
+}
+
+/* The previous address of a name failed with res: try the next ones.  0
+ * when a connect is under way, else the error to report. */
+static int connect_next(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
+			int res)
+{
+	struct connect_arg *arg = c->connect_arg;
+
+	while (arg->next + 1 < arg->naddrs && res != -ETIMEDOUT) {
+		rl_debug(w->id, "conn %u: address %d of %d: %s; trying the next",
+			 idx, arg->next + 1, arg->naddrs, strerror(-res));
+		/* Its connect has completed: nothing in the kernel uses it. */
+		if (c->fd >= 0)
+			close(c->fd);
+		c->fd = -1;
+		arg->next++;
+		memcpy(&arg->sa, &arg->addrs[arg->next].u,
+		       arg->addrs[arg->next].len);
+		arg->salen = arg->addrs[arg->next].len;
+		res = start_connect(w, c, idx);
+		if (res == 0)
+			return 0;
+	}
+	return res;
+}
+
+/* A connect with nothing in the kernel (its name still resolving, or no
+ * connect could start) ends at once.  Its request is cancelled, so no
+ * answer comes for it; one already on its way finds the slot's generation
+ * moved on. */
+static void connect_abandon(struct rl_worker *w, struct rl_conn *c,
+			    uint32_t idx, int reason)
+{
+	struct connect_arg *arg = c->connect_arg;
+
+	if (arg && arg->req) {
+		rl_resolve_cancel(w->inbox, arg->req);
+		arg->req = NULL;
+	}
+	c->resolving = 0;
+	if (!c->close_reason)
+		c->close_reason = reason;
+	c->aborting = 1;
+	c->state = RL_CONN_CLOSING;
+	queue_work(w, c, idx);
+}
+
+static void on_resolved(struct rl_worker *w, const struct rl_resolve_answer *a)
+{
+	uint32_t idx = (uint32_t)a->tag;
+	struct rl_conn *c = rl_conntab_get(&w->conns, idx,
+					   (uint32_t)(a->tag >> 32));
+	struct connect_arg *arg;
+	char text[512];
+	int ret;
+
+	/* Closed meanwhile (cancels normally keep such answers away). */
+	if (!c || c->state != RL_CONN_CONNECTING || !c->resolving)
+		return;
+	arg = c->connect_arg;
+	arg->req = NULL;
+	c->resolving = 0;
+	if (a->gai_err) {
+		rl_resolve_strerror(a, text, sizeof(text));
+		rl_debug(w->id, "conn %u: %s", idx, text);
+		c->close_text = strdup(text);
+		connect_abandon(w, c, idx, RL_CLOSE_RESOLVE);
+		return;
+	}
+	rl_debug(w->id, "conn %u: %s resolved to %d address(es)", idx, a->host,
+		 a->naddrs);
+	arg->naddrs = a->naddrs;
+	memcpy(arg->addrs, a->addrs, sizeof(a->addrs[0]) * a->naddrs);
+	arg->next = 0;
+	memcpy(&arg->sa, &arg->addrs[0].u, arg->addrs[0].len);
+	arg->salen = arg->addrs[0].len;
+	ret = start_connect(w, c, idx);
+	if (ret)
+		ret = connect_next(w, c, idx, ret);
+	if (ret)
+		connect_abandon(w, c, idx, ret);
+}
+
+/* Answers the resolver threads left for us (they wrote our wake_fd). */
+static NOINLINE void take_answers(struct rl_worker *w)
+{
+	struct rl_resolve_answer a;
+
+	while (rl_resolve_take(w->inbox, &a))
+		on_resolved(w, &a);
+}
+
+/* Connects whose name is still resolving when their deadline passes time
+ * out here (no operation of theirs is in the ring to carry a timeout). */
+static NOINLINE void expire_resolving(struct rl_worker *w)
+{
+	uint64_t *q = w->resolving.p, now = w->clock.mono_ns, due = 0;
+	uint32_t k = 0;
+
+	for (uint32_t i = 0; i < w->resolving.n; i++) {
+		uint32_t idx = (uint32_t)q[i];
+		struct rl_conn *c = rl_conntab_get(&w->conns, idx,
+						   (uint32_t)(q[i] >> 32));
+		struct connect_arg *arg;
+
+		if (!c || c->state != RL_CONN_CONNECTING || !c->resolving)
+			continue;       /* answered or closed: forget it */
+		arg = c->connect_arg;
+		if (arg->deadline_ns && now >= arg->deadline_ns) {
+			connect_abandon(w, c, idx, -ETIMEDOUT);
+			continue;
+		}
+		if (arg->deadline_ns && (!due || arg->deadline_ns < due))
+			due = arg->deadline_ns;
+		q[k++] = q[i];
+	}
+	w->resolving.n = k;
+	w->resolve_due_ns = due;
+}
+
 static NOINLINE void begin_stop(struct rl_worker *w)
 {
 	w->stopping = 1;
@@ -498,6 +668,12 @@ static NOINLINE void begin_stop(struct rl_worker *w)
 
 		if (c->state != RL_CONN_OPEN && c->state != RL_CONN_CONNECTING)
 			continue;
+		/* Nothing of it in the kernel yet: it ends now, not when (or
+		 * if) its name resolves. */
+		if (c->resolving) {
+			connect_abandon(w, c, i, RL_CLOSE_SHUTDOWN);
+			continue;
+		}
 		c->close_req = 1;
 		if (!c->close_reason)
 			c->close_reason = RL_CLOSE_SHUTDOWN;
@@ -700,6 +876,11 @@ static NOINLINE int on_connect(struct rl_worker *w, struct io_uring_cqe *cqe,
 
 	if (!c || c->state != RL_CONN_CONNECTING)
 		return 0;
+	/* Refused (not timed out or cancelled): a name may have more
+	 * addresses to try. */
+	if (res < 0 && res != -ECANCELED && !c->aborting && !w->stopping &&
+	    connect_next(w, c, idx, res) == 0)
+		return 0;
 	free(c->connect_arg);
 	c->connect_arg = NULL;
 	if (res < 0 || c->aborting || w->stopping) {
@@ -724,6 +905,8 @@ static NOINLINE void on_wake(struct rl_worker *w, struct io_uring_cqe *cqe)
 	(void)cqe;
 	if (atomic_exchange(&w->reload_req, 0))
 		w->reload_pending = 1;
+	if (w->inbox)
+		take_answers(w);
 	if (!atomic_load(&w->stop_req))
 		arm_wake(w);
 }
@@ -777,15 +960,19 @@ static int emit_closed(struct rl_worker *w, rl_event *ev, int n, int max)
 		ev[n].conn = idx;
 		ev[n].gen = c->gen;
 		ev[n].bid = -1;
-		ev[n].ptr = NULL;
-		ev[n].len = 0;
+		/* The slot owns the text: it lives until the slot is freed. */
+		ev[n].ptr = (const uint8_t *)c->close_text;
+		ev[n].len = c->close_text ? (uint32_t)strlen(c->close_text) : 0;
 		ev[n].res = c->close_reason;
 		n++;
 		/* Freed at the next poll, once Lua has run on_close: a handler
 		 * earlier in this batch must not get this slot for a new
 		 * connection while its CLOSE is still to be dispatched. */
-		if (vec_push32(&w->released, idx))
+		if (vec_push32(&w->released, idx)) {
+			ev[n - 1].ptr = NULL;
+			ev[n - 1].len = 0;
 			rl_conntab_release(&w->conns, idx);
+		}
 	}
 	if (w->closed.head == w->closed.n)
 		w->closed.head = w->closed.n = 0;
@@ -814,6 +1001,8 @@ static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 	}
 	if (w->wake_at_ns && w->wake_at_ns < until)
 		until = w->wake_at_ns;
+	if (w->resolve_due_ns && w->resolve_due_ns < until)
+		until = w->resolve_due_ns;
 	for (int i = 0; i < w->nls; i++)
 		if (!w->ls[i].armed && w->ls[i].fd >= 0 &&
 		    w->ls[i].retry_at_ns < until)
@@ -850,6 +1039,8 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 	if (unlikely(atomic_load_explicit(&w->stop_req, memory_order_relaxed)) &&
 	    !w->stopping)
 		begin_stop(w);
+	if (unlikely(w->resolving.n))
+		expire_resolving(w);
 	process_work(w);
 	if (w->parked.n)
 		rearm_parked(w);
@@ -1092,6 +1283,12 @@ int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 		return -ENOTCONN;
 	if (!c->close_reason)
 		c->close_reason = reason;
+	/* Waiting for its name with nothing queued to send: no reason to
+	 * wait for the answer (queued bytes still go out once connected). */
+	if (c->resolving && (abort || !c->sq.bytes)) {
+		connect_abandon(w, c, conn, reason);
+		return 0;
+	}
 	if (abort)
 		c->aborting = 1;
 	else
@@ -1103,59 +1300,100 @@ int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 	return 0;
 }
 
-struct connect_arg {
-	struct sockaddr_storage sa;
-	struct __kernel_timespec ts;
-};
+/* A name: queue it for the resolver threads; the connect starts when the
+ * answer comes (on_resolved), or the connection ends at its deadline. */
+static int start_resolve(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
+			 const char *host, const char *port)
+{
+	struct connect_arg *arg = c->connect_arg;
+	uint64_t tag = (uint64_t)c->gen << 32 | idx;
+	int ret;
+
+	if (!w->inbox) {
+		snprintf(w->connect_err, sizeof(w->connect_err),
+			 "cannot resolve '%.200s': no resolver", host);
+		return -ENOSYS;
+	}
+	if (vec_push64(&w->resolving, tag)) {
+		snprintf(w->connect_err, sizeof(w->connect_err),
+			 "cannot resolve '%.200s': out of memory", host);
+		return -ENOMEM;
+	}
+	ret = rl_resolve_submit(w->inbox, host, port, tag, &arg->req,
+				w->connect_err, sizeof(w->connect_err));
+	if (ret) {
+		w->resolving.n--;
+		return ret;
+	}
+	c->resolving = 1;
+	return 0;
+}
 
 int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
 		    uint32_t *gen)
 {
+	char host[RL_RESOLVE_HOST_MAX], port[8];
 	struct connect_arg *arg;
-	struct io_uring_sqe *sqe;
 	struct rl_addr a;
 	struct rl_conn *c;
-	char err[256];
 	uint32_t idx;
-	int fd;
+	int ret;
 
-	if (rl_addr_parse(addr, &a, err, sizeof(err)))
-		return -EINVAL;
+	ret = rl_addr_parse_numeric(addr, &a, host, sizeof(host), port,
+				    sizeof(port), w->connect_err,
+				    sizeof(w->connect_err));
+	if (ret < 0)
+		return ret;
 	if (atomic_fetch_add(&w->shared->live_conns, 1) >= w->cfg->max_conns) {
 		atomic_fetch_sub(&w->shared->live_conns, 1);
+		snprintf(w->connect_err, sizeof(w->connect_err),
+			 "connection limit (%u) reached", w->cfg->max_conns);
 		return -EMFILE;
 	}
-	fd = socket(a.sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	arg = calloc(1, sizeof(*arg));
-	c = fd >= 0 && arg ? rl_conntab_alloc(&w->conns, &idx) : NULL;
+	c = arg ? rl_conntab_alloc(&w->conns, &idx) : NULL;
 	if (!c) {
-		int ret = fd < 0 ? -errno : -ENOMEM;
-
-		if (fd >= 0)
-			close(fd);
 		free(arg);
+		atomic_fetch_sub(&w->shared->live_conns, 1);
+		snprintf(w->connect_err, sizeof(w->connect_err),
+			 "out of memory for a connection to '%s'", addr);
+		return -ENOMEM;
+	}
+	c->state = RL_CONN_CONNECTING;
+	c->connect_arg = arg;
+	if (timeout_ms)
+		arg->deadline_ns = now_ns() + (uint64_t)timeout_ms * 1000000;
+	if (ret == 0) {
+		/* Numeric: no thread hop. */
+		memcpy(&arg->sa, &a.sa, a.len);
+		arg->salen = a.len;
+		ret = start_connect(w, c, idx);
+		if (ret)
+			snprintf(w->connect_err, sizeof(w->connect_err),
+				 "cannot connect to '%s': %s", addr,
+				 strerror(-ret));
+	} else if (w->stopping) {
+		/* It would be abandoned at once anyway. */
+		connect_abandon(w, c, idx, RL_CLOSE_SHUTDOWN);
+		ret = 0;
+	} else {
+		ret = start_resolve(w, c, idx, host, port);
+	}
+	if (ret) {
+		/* Lua never saw the slot: give it back now. */
+		free(arg);
+		c->connect_arg = NULL;
+		rl_conntab_release(&w->conns, idx);
 		atomic_fetch_sub(&w->shared->live_conns, 1);
 		return ret;
 	}
-	c->fd = fd;
-	c->state = RL_CONN_CONNECTING;
-	/* The kernel reads the address when the SQE is submitted, which is at
-	 * the next poll: it lives with the connection until then. */
-	memcpy(&arg->sa, &a.sa, a.len);
-	arg->ts.tv_sec = timeout_ms / 1000;
-	arg->ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
-	c->connect_arg = arg;
-	sqe = get_sqe(w);
-	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&arg->sa, a.len);
-	io_uring_sqe_set_data64(sqe, ud_make(OP_CONNECT, c->gen, idx));
-	if (timeout_ms) {
-		sqe->flags |= IOSQE_IO_LINK;
-		sqe = get_sqe(w);
-		io_uring_prep_link_timeout(sqe, &arg->ts, 0);
-		io_uring_sqe_set_data64(sqe, ud_make(OP_LINK_TIMEOUT, 0, 0));
-	}
 	*gen = c->gen;
 	return (int)idx;
+}
+
+const char *rl_conn_connect_error(rl_worker *w)
+{
+	return w->connect_err;
 }
 
 int rl_conn_shutdown(rl_worker *w, uint32_t conn, uint32_t gen)
@@ -1281,6 +1519,7 @@ const char *rl_close_reason_text(int reason)
 	case RL_CLOSE_UNCONSUMED: return "unconsumed bytes over the limit";
 	case RL_CLOSE_SHUTDOWN: return "server shutting down";
 	case RL_CLOSE_TIMEOUT: return "idle timeout";
+	case RL_CLOSE_RESOLVE: return "host name did not resolve";
 	}
 	return reason < 0 ? strerror(-reason) : "unknown";
 }
@@ -1351,6 +1590,15 @@ int rl_worker_setup(struct rl_worker *w)
 			 strerror(errno));
 		return ret;
 	}
+	/* Answers to our names arrive through the wake eventfd too. */
+	if (w->shared->resolver) {
+		w->inbox = rl_resolve_inbox_new(w->shared->resolver, w->wake_fd);
+		if (!w->inbox) {
+			snprintf(w->setup_err, sizeof(w->setup_err),
+				 "out of memory for the resolver inbox");
+			return -ENOMEM;
+		}
+	}
 	for (int i = 0; i < w->shared->naddrs; i++) {
 		const struct rl_addr *a = &w->shared->addrs[i];
 
@@ -1387,6 +1635,10 @@ void rl_worker_teardown(struct rl_worker *w)
 	if (w->ring_ready)
 		io_uring_queue_exit(&w->ring);
 	w->ring_ready = 0;
+	/* No resolver thread touches the inbox or wake_fd after this; the
+	 * request handles still in connect_args are dead and not used. */
+	rl_resolve_inbox_free(w->inbox);
+	w->inbox = NULL;
 	release_held(w);
 	for (uint32_t i = 0; w->conns.pages && i < w->conns.top; i++) {
 		struct rl_conn *c = rl_conntab_at(&w->conns, i);
@@ -1396,6 +1648,7 @@ void rl_worker_teardown(struct rl_worker *w)
 		if (c->fd >= 0)
 			close(c->fd);
 		free(c->connect_arg);
+		free(c->close_text);
 		rl_rxbuf_free(&c->rx);
 		rl_sendq_clear(&c->sq, &w->pool, &w->br);
 	}
@@ -1412,6 +1665,7 @@ void rl_worker_teardown(struct rl_worker *w)
 	vec_free(&w->released);
 	vec_free(&w->drained);
 	vec_free(&w->again);
+	vec_free(&w->resolving);
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
 	w->wake_fd = -1;

@@ -14,6 +14,7 @@
 #include "rl_listen.h"
 #include "rl_options.h"
 #include "rl_reload.h"
+#include "rl_resolve.h"
 #include "rl_sendq.h"
 
 #define RL_IOV_MAX 64          /* pieces in one sendmsg */
@@ -32,6 +33,7 @@ struct rl_shared {
 	 * once and every worker accepts on a dup of it. */
 	int unix_fds[RL_MAX_LISTEN];
 	rl_dict *dict;              /* --dict-memory, shared by all workers */
+	struct rl_resolver *resolver; /* host names of outbound connects */
 	struct rl_reload reload;
 };
 
@@ -74,6 +76,11 @@ struct rl_worker {
 	struct rl_vec drained;      /* u64 (gen << 32 | slot): DRAIN to report */
 	struct rl_vec again;        /* u64 (gen << 32 | slot): held bytes to
 				     * offer again, EOF events held back */
+	struct rl_vec resolving;    /* u64 (gen << 32 | slot): connects waiting
+				     * for a name, checked for their timeout */
+	uint64_t resolve_due_ns;    /* earliest of their deadlines, 0 = none */
+	struct rl_resolve_inbox *inbox; /* answers to our names */
+	char connect_err[256];      /* why the last rl_conn_connect failed */
 
 	struct rl_send_slot slots[RL_SEND_SLOTS];
 	int nslots;

@@ -201,8 +201,11 @@ local CONNECT_HANDLERS = { "on_open", "on_data", "on_close", "on_eof", "on_drain
 
 -- An outbound connection: handlers get on_open(conn) once connected,
 -- on_data/on_close/on_eof/on_drain as for accepted connections; a failed
--- or timed-out connect calls on_close(conn, reason) without on_open.
--- Returns the conn at once (sends may be queued), or nil and an error.
+-- or timed-out connect (or a host name that does not resolve: the reason
+-- names it) calls on_close(conn, reason) without on_open.  Host names are
+-- resolved off the worker thread; opts.timeout covers resolving and
+-- connecting.  Returns the conn at once (sends may be queued), or nil and
+-- an error.
 function M.connect(addr, h, opts)
   if type(addr) ~= "string" then error("connect: address must be a string", 2) end
   if type(h) ~= "table" then error("connect: handlers must be a table", 2) end
@@ -217,7 +220,7 @@ function M.connect(addr, h, opts)
   local idx = C.rl_conn_connect(W, addr, timeout, gen)
   if idx < 0 then
     return nil, idx == -22 and "invalid address " .. addr
-      or ffi.string(C.rl_close_reason_text(idx))
+      or ffi.string(C.rl_conn_connect_error(W))
   end
   local c = M.new(idx, gen[0], h)
   c.outbound = true

@@ -215,7 +215,8 @@ local function run(w, svc, script)
             local f = h and h.on_close or (not h and on_close)
             if f then
               cur = c
-              f(c, reason_text(e.res))
+              -- A reason C put in words (a name that did not resolve).
+              f(c, e.len > 0 and ffi.string(e.ptr, e.len) or reason_text(e.res))
             end
           end
         elseif t == EV_CONNECT then
