@@ -84,15 +84,15 @@ local ffi = require "ffi"
 require "ringline.slice"     -- declares memchr / memcmp
 
 local C = ffi.C
-local istype = ffi.istype
 local ffi_string, ffi_cast = ffi.string, ffi.cast
 local error, setmetatable, tonumber, type = error, setmetatable, tonumber,
   type
 local u8p = ffi.typeof("const uint8_t *")
 local uint64 = ffi.typeof("uint64_t")
 local slice = require "ringline.slice"
-local Slice = slice.type
-local slice_epoch = slice.epoch
+local util = require "ringline.util"
+local check = slice.check_live
+local is_space = util.is_space
 
 local M = {}
 
@@ -137,14 +137,6 @@ local R_EXPTIME, R_DELTA, R_CHUNK, R_TOO_LARGE, R_SHUTDOWN =
 local KEY_MAX, LINE_MAX, MAX_TOKENS = M.KEY_MAX, M.LINE_MAX, M.MAX_TOKENS
 local ITEM_OVERHEAD = M.ITEM_OVERHEAD
 local SP, CR, LF, NUL = 32, 13, 10, 0
-
-local USED_AFTER = "slice used after its handler returned"
-
-local function check(s)
-  if istype(Slice, s) and s.epoch ~= slice_epoch() then
-    error(USED_AFTER, 3)
-  end
-end
 
 ---------------------------------------------------------------------------
 -- command names
@@ -195,10 +187,6 @@ end
 
 ---------------------------------------------------------------------------
 -- numbers, as memcached's safe_strto* read them
-
-local function is_space(c)
-  return c == SP or (c >= 9 and c <= 13)
-end
 
 local U64_MAX = 18446744073709551615ULL
 local I64_MIN_MAG = 9223372036854775808ULL   -- 2^63

@@ -106,6 +106,7 @@
 --     cmd.nesc is 0, cmd.esc holds stale values: check nesc first.
 local ffi = require "ffi"
 local slice = require "ringline.slice" -- also declares memchr
+local util = require "ringline.util"
 
 local istype, ffi_string, ffi_new = ffi.istype, ffi.string, ffi.new
 local ffi_cast = ffi.cast
@@ -115,12 +116,9 @@ local byte, char, find = string.byte, string.char, string.find
 local error, setmetatable, type, tonumber = error, setmetatable, type, tonumber
 local Slice = slice.type
 local slice_epoch = slice.epoch
-
-local tnew
-do
-  local ok, f = pcall(require, "table.new")
-  tnew = ok and f or function() return {} end
-end
+local check = slice.check_live
+local zeros, hexv, is_space, eq_nocase =
+  util.zeros, util.hex_value, util.is_space, util.eq_nocase
 
 local M = {}
 
@@ -137,21 +135,10 @@ M.E_CRLF = "Protocol error: expected CRLF after bulk data"
 local E_MBULK, E_BULK, E_INLINE, E_QUOTES, E_CRLF =
   M.E_MBULK, M.E_BULK, M.E_INLINE, M.E_QUOTES, M.E_CRLF
 
-local USED_AFTER = "slice used after its handler returned"
-
 local CR, LF, SP, HT, NUL = 13, 10, 32, 9, 0
 local STAR, DOLLAR, MINUS, DQUOTE, SQUOTE, BSLASH = 42, 36, 45, 34, 39, 92
 
 local NEED, BAD = -2, -1
-
-local hexv = ffi_new("int8_t[256]")
-for c = 0, 255 do
-  local h = -1
-  if c >= 48 and c <= 57 then h = c - 48
-  elseif c >= 65 and c <= 70 then h = c - 55
-  elseif c >= 97 and c <= 102 then h = c - 87 end
-  hexv[c] = h
-end
 
 -- "expected '$', got 'X'" for each byte, made when first needed.
 local E_DOLLAR = setmetatable({}, { __index = function(t, c)
@@ -163,12 +150,6 @@ end })
 
 ---------------------------------------------------------------------------
 -- helpers (no allocation)
-
-local function check(s)
-  if istype(Slice, s) and s.epoch ~= slice_epoch() then
-    error(USED_AFTER, 3)
-  end
-end
 
 local function fail(cmd, msg)
   cmd.err = msg
@@ -256,10 +237,6 @@ local function read_len(s, p, e, maxv, neg_ok)
   return p + 1, v
 end
 
-local function is_space(c) -- isspace() in the C locale
-  return c == SP or (c >= 9 and c <= 13)
-end
-
 -- One word of an inline line (sdssplitargs rules), starting at p < le,
 -- s.base[p] not a blank or NUL.  le is the end of the line; a NUL byte
 -- ends it too.  Returns the index after the word (a separator is not
@@ -345,14 +322,9 @@ function M.new_command(n)
   if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
     error("new_command: size must be a non-negative integer", 2)
   end
-  local function nums()
-    local t = tnew(n, 0)
-    for k = 1, n do t[k] = 0 end
-    return t
-  end
   return setmetatable({
     argc = 0,
-    off = nums(), len = nums(), esc = nums(),
+    off = zeros(n), len = zeros(n), esc = zeros(n),
     nesc = 0,
     want = 0,
     err = nil,
@@ -412,19 +384,6 @@ end
 function Cmd.arg_len(cmd, i)
   if not index_ok(cmd, i) then return nil end
   return cmd.len[i]
-end
-
--- Bytes b.base[o .. o+n-1] equal str ignoring ASCII case.
-local function eq_nocase(b, o, str, n)
-  for k = 0, n - 1 do
-    local x, y = b.base[o + k], byte(str, k + 1)
-    if x ~= y then
-      if x >= 65 and x <= 90 then x = x + 32 end
-      if y >= 65 and y <= 90 then y = y + 32 end
-      if x ~= y then return false end
-    end
-  end
-  return true
 end
 
 -- Argument i equals str, ignoring ASCII case (command names).
@@ -726,7 +685,7 @@ function M.put_bulk(buf, v)
     buf:putf("$%d\r\n", #v)
     buf:put(v, "\r\n")
   elseif istype(Slice, v) then
-    if v.epoch ~= slice_epoch() then error(USED_AFTER, 2) end
+    check(v)
     local n = v.size
     buf:putf("$%d\r\n", n)
     buf:putcdata(v.base, n)
@@ -760,11 +719,7 @@ end
 ---------------------------------------------------------------------------
 
 function M.selftest()
-  local buf = ffi_new("uint8_t[?]", 256)
-  local function mk(str)
-    ffi.copy(buf, str, #str)
-    return slice.new(buf, #str)
-  end
+  local mk = slice.scratch(256)
   local cmd = M.new_command(4)
   local raw = "*2\r\n$3\r\nGET\r\n$4\r\na\r\nb\r\nset k 'v w' \"x\\ty\"\nNEXT"
   local s = mk(raw)

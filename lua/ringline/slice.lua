@@ -8,7 +8,7 @@
 -- copies.
 local ffi = require "ffi"
 require "ringline.cdef"
-local bit = require "bit"
+local util = require "ringline.util"
 
 -- libc, declared once per state even if another module declared it first.
 pcall(ffi.cdef, [[
@@ -21,7 +21,7 @@ int memcmp(const void *s1, const void *s2, size_t n);
 local C = ffi.C
 local ffi_string, ffi_cast, ffi_istype = ffi.string, ffi.cast, ffi.istype
 local error, type, tonumber = error, type, tonumber
-local bor = bit.bor
+local eq_nocase = util.eq_nocase
 local u8p = ffi.typeof("const uint8_t *")
 local uint64 = ffi.typeof("uint64_t")
 
@@ -147,17 +147,7 @@ end
 function methods.eq_nocase(s, str)
   check(s)
   local n = #str
-  if s.size ~= n then return false end
-  local p = s.base
-  for k = 0, n - 1 do
-    local a, b = p[k], str:byte(k + 1)
-    if a ~= b then
-      -- Equal ignoring case only if both are the same ASCII letter.
-      local la = bor(a, 0x20)
-      if la ~= bor(b, 0x20) or la < 97 or la > 122 then return false end
-    end
-  end
-  return true
+  return s.size == n and eq_nocase(s, 0, str, n)
 end
 
 local MAX_EXACT = 9007199254740991 -- 2^53 - 1: larger is not exact in a double
@@ -278,14 +268,32 @@ function M.epoch()
   return epoch
 end
 
+-- For functions that take a slice or any cdata with base and size (the
+-- parsers): raise if x is a slice whose handler call has returned.  The
+-- error names the caller of the function that checks.
+function M.check_live(x)
+  if ffi_istype(Slice, x) and x.epoch ~= epoch then error(USED_AFTER, 3) end
+end
+
 function M.is_slice(x)
   return ffi_istype(Slice, x)
 end
 
+-- For self tests: a function that copies a Lua string into one buffer of
+-- size bytes and returns a slice over the copy.  Each copy reuses the
+-- buffer, so a slice is good until the next.
+function M.scratch(size)
+  local buf = ffi.new("uint8_t[?]", size)
+  return function(str)
+    assert(#str <= size, "scratch: string longer than the buffer")
+    ffi.copy(buf, str, #str)
+    return Slice(buf, #str, -1, epoch)
+  end
+end
+
 function M.selftest()
-  local buf = ffi.new("uint8_t[?]", 16)
-  ffi.copy(buf, "hello\r\n12345")
-  local s = M.new(buf, 12)
+  local mk = M.scratch(16)
+  local s = mk("hello\r\n12345")
   assert(#s == 12 and s:byte(1) == 104 and s:byte(-1) == 53)
   assert(s:find("\r\n") == 6 and s:sub(8):to_int() == 12345)
   assert(s:sub(1, 5):eq("hello") and tostring(s:sub(-5)) == "12345")

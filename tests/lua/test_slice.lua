@@ -810,4 +810,26 @@ T.release_error_points_at_caller = function()
   eq(err:sub(-#USED_AFTER), USED_AFTER, "#s message")
 end
 
+-- check_live: what the parsers call on the slice (or plain cdata) they
+-- are given.
+T.check_live = function()
+  local s = mk("abc")
+  slice.check_live(s) -- a live slice passes
+  local plain = ffi.new("struct { const uint8_t *base; size_t size; }")
+  slice.check_live(plain) -- so does any other cdata with base and size
+  slice.release()
+  slice.check_live(plain)
+  local function parse(x) slice.check_live(x) end -- as a parser does
+  local caller_line
+  local err = raises(USED_AFTER, function()
+    caller_line = debug.getinfo(1, "l").currentline + 1
+    parse(s)
+  end)
+  eq(err:sub(-#USED_AFTER), USED_AFTER, "message ends with the fixed text")
+  -- The position is the line that called the parser.
+  if not err:find("test_slice.lua:" .. caller_line .. ":", 1, true) then
+    error("error position should name the parser's caller, got " .. q(err))
+  end
+end
+
 return T

@@ -72,19 +72,13 @@
 local ffi = require "ffi"
 local bit = require "bit"
 local slice = require "ringline.slice"
+local util = require "ringline.util"
 
 local band, bor = bit.band, bit.bor
-local istype = ffi.istype
 local byte = string.byte
 local error, setmetatable, type = error, setmetatable, type
-local Slice = slice.type
-local slice_epoch = slice.epoch
-
-local tnew
-do
-  local ok, f = pcall(require, "table.new")
-  tnew = ok and f or function() return {} end
-end
+local check = slice.check_live
+local zeros, hexv, eq_nocase = util.zeros, util.hex_value, util.eq_nocase
 
 local M = {}
 
@@ -98,8 +92,6 @@ local MAX_EXACT = 9007199254740991 -- 2^53 - 1
 local MAX_CHUNK_LINE = M.MAX_CHUNK_LINE
 local MAX_TRAILER_BYTES = M.MAX_TRAILER_BYTES
 
-local USED_AFTER = "slice used after its handler returned"
-
 local CR, LF, SP, HT = 13, 10, 32, 9
 local COLON, QMARK, COMMA, SEMI, EQUALS, DQUOTE, BSLASH =
   58, 63, 44, 59, 61, 34, 92
@@ -109,7 +101,6 @@ local COLON, QMARK, COMMA, SEMI, EQUALS, DQUOTE, BSLASH =
 
 local C_TOKEN, C_VALUE, C_TARGET, C_QTEXT, C_WS, C_SEP = 1, 2, 4, 8, 16, 32
 local cls = ffi.new("uint8_t[256]")
-local hexv = ffi.new("int8_t[256]")
 do
   local tchar = "!#$%&'*+-.^_`|~"
   for c = 0, 255 do
@@ -129,22 +120,11 @@ do
     if c == SP or c == HT then v = v + C_WS + C_SEP end
     if c == COMMA then v = v + C_SEP end
     cls[c] = v
-    local h = -1
-    if c >= 48 and c <= 57 then h = c - 48
-    elseif c >= 65 and c <= 70 then h = c - 55
-    elseif c >= 97 and c <= 102 then h = c - 87 end
-    hexv[c] = h
   end
 end
 
 ---------------------------------------------------------------------------
 -- helpers (no allocation)
-
-local function check(s)
-  if istype(Slice, s) and s.epoch ~= slice_epoch() then
-    error(USED_AFTER, 3)
-  end
-end
 
 -- A function (s, o) -> whether the bytes at s.base[o] equal the lowercase
 -- literal lit, ignoring ASCII case (x|0x20 equals a letter only if x is
@@ -175,19 +155,6 @@ local is_chunked = literal_test("chunked")
 local is_close = literal_test("close")
 local is_keep_alive = literal_test("keep-alive")
 local is_100_continue = literal_test("100-continue")
-
--- Bytes s.base[o .. o+n-1] equal the Lua string str (same length) ignoring
--- ASCII case; any bytes on either side.
-local function eq_nocase(s, o, str, n)
-  for k = 0, n - 1 do
-    local a, b = s.base[o + k], byte(str, k + 1)
-    if a ~= b then
-      local la = bor(a, 0x20)
-      if la ~= bor(b, 0x20) or la < 97 or la > 122 then return false end
-    end
-  end
-  return true
-end
 
 -- The next element of a comma-separated list in s.base[j .. e-1]: skips OWS and
 -- empty elements.  Returns the element's start and end (exclusive, trailing
@@ -285,11 +252,6 @@ function M.new_request(max_headers)
   then
     error("new_request: max_headers must be a non-negative integer", 2)
   end
-  local function nums()
-    local t = tnew(max_headers, 0)
-    for k = 1, max_headers do t[k] = 0 end
-    return t
-  end
   return setmetatable({
     status = 0,
     max_headers = max_headers,
@@ -299,8 +261,8 @@ function M.new_request(max_headers)
     query_off = 0, query_len = -1,
     minor = 0,
     nheaders = 0,
-    name_off = nums(), name_len = nums(),
-    value_off = nums(), value_len = nums(),
+    name_off = zeros(max_headers), name_len = zeros(max_headers),
+    value_off = zeros(max_headers), value_len = zeros(max_headers),
     content_length = -1,
     chunked = false,
     keep_alive = false,
@@ -651,7 +613,7 @@ local D = {}
 D.__index = D
 
 function M.new_chunked()
-  local d = setmetatable({
+  return setmetatable({
     state = S_SIZE0,
     size = 0,     -- chunk size read so far
     rem = 0,      -- data bytes left in the current chunk
@@ -660,11 +622,9 @@ function M.new_chunked()
     trailer = 0,  -- bytes of the trailer section
     status = 0,
     n = 0,
-    off = tnew(8, 0),
-    len = tnew(8, 0),
+    off = zeros(8),
+    len = zeros(8),
   }, D)
-  for k = 1, 8 do d.off[k], d.len[k] = 0, 0 end
-  return d
 end
 
 -- Ready for the next body.
@@ -1010,11 +970,7 @@ M.decode_chunked = decode_chunked
 ---------------------------------------------------------------------------
 
 function M.selftest()
-  local buf = ffi.new("uint8_t[?]", 256)
-  local function mk(str)
-    ffi.copy(buf, str, #str)
-    return slice.new(buf, #str)
-  end
+  local mk = slice.scratch(256)
   local req = M.new_request(8)
   local raw = "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection:  close \r\n\r\nrest"
   local s = mk(raw)
