@@ -196,33 +196,36 @@ function methods.u16le(s, i)
   return p[1] * 256 + p[0]
 end
 
+-- The four bytes at p[k] as an unsigned number, big- or little-endian.
+local function be32(p, k)
+  return ((p[k] * 256 + p[k + 1]) * 256 + p[k + 2]) * 256 + p[k + 3]
+end
+
+local function le32(p, k)
+  return ((p[k + 3] * 256 + p[k + 2]) * 256 + p[k + 1]) * 256 + p[k]
+end
+
 function methods.u32be(s, i)
   check(s)
-  local p = bounds(s, i, 4)
-  return ((p[0] * 256 + p[1]) * 256 + p[2]) * 256 + p[3]
+  return be32(bounds(s, i, 4), 0)
 end
 
 function methods.u32le(s, i)
   check(s)
-  local p = bounds(s, i, 4)
-  return ((p[3] * 256 + p[2]) * 256 + p[1]) * 256 + p[0]
+  return le32(bounds(s, i, 4), 0)
 end
 
 -- 64-bit reads return uint64_t cdata: a double cannot hold them exactly.
 function methods.u64be(s, i)
   check(s)
   local p = bounds(s, i, 8)
-  local hi = ((p[0] * 256 + p[1]) * 256 + p[2]) * 256 + p[3]
-  local lo = ((p[4] * 256 + p[5]) * 256 + p[6]) * 256 + p[7]
-  return uint64(hi) * 4294967296ULL + lo
+  return uint64(be32(p, 0)) * 4294967296ULL + be32(p, 4)
 end
 
 function methods.u64le(s, i)
   check(s)
   local p = bounds(s, i, 8)
-  local lo = ((p[3] * 256 + p[2]) * 256 + p[1]) * 256 + p[0]
-  local hi = ((p[7] * 256 + p[6]) * 256 + p[5]) * 256 + p[4]
-  return uint64(hi) * 4294967296ULL + lo
+  return uint64(le32(p, 4)) * 4294967296ULL + le32(p, 0)
 end
 
 -- A Lua string copy of bytes i..j (default: all).
