@@ -359,14 +359,19 @@ local function escaped(cmd, i)
   return cmd.nesc > 0 and cmd.esc[i] > 0
 end
 
+-- Argument i decoded into a Lua string if it has escapes, else nil.
+local function decoded_string(cmd, s, i)
+  if not escaped(cmd, i) then return nil end
+  local n = decode(cmd, s, i) -- may replace scratch: call it first
+  return ffi_string(scratch, n)
+end
+
 -- A slice over argument i; for an inline argument with escapes, a string.
 function Cmd.arg(cmd, s, i)
   check(s)
   if not index_ok(cmd, i) then return nil end
-  if escaped(cmd, i) then
-    local n = decode(cmd, s, i) -- may replace scratch: call it first
-    return ffi_string(scratch, n)
-  end
+  local str = decoded_string(cmd, s, i)
+  if str then return str end
   local bid = istype(Slice, s) and s.bid or -1
   return Slice(s.base + cmd.off[i], cmd.len[i], bid, slice_epoch())
 end
@@ -374,11 +379,8 @@ end
 function Cmd.arg_str(cmd, s, i)
   check(s)
   if not index_ok(cmd, i) then return nil end
-  if escaped(cmd, i) then
-    local n = decode(cmd, s, i) -- may replace scratch: call it first
-    return ffi_string(scratch, n)
-  end
-  return ffi_string(s.base + cmd.off[i], cmd.len[i])
+  return decoded_string(cmd, s, i)
+    or ffi_string(s.base + cmd.off[i], cmd.len[i])
 end
 
 function Cmd.arg_len(cmd, i)
@@ -675,10 +677,28 @@ local function check_int(n)
   error("not an integer in int64 range: " .. tostring(n), 3)
 end
 
-function M.put_int(buf, n)
-  buf:putf(":%d\r\n", check_int(n))
-  return buf
+-- A reply that is one line: a type byte and an integer (":5", "$5", "*5").
+local function integer_reply(type_byte)
+  local format = type_byte .. "%d\r\n"
+  return function(buf, n)
+    buf:putf(format, check_int(n))
+    return buf
+  end
 end
+
+-- A reply that is always the same line.
+local function fixed_reply(line)
+  return function(buf)
+    buf:put(line)
+    return buf
+  end
+end
+
+M.put_int = integer_reply(":")
+M.put_bulk_header = integer_reply("$")
+M.put_array = integer_reply("*")
+M.put_null = fixed_reply("$-1\r\n")
+M.put_null_array = fixed_reply("*-1\r\n")
 
 function M.put_bulk(buf, v)
   if type(v) == "string" then
@@ -693,26 +713,6 @@ function M.put_bulk(buf, v)
   else
     error("put_bulk: expected a string or a slice, got " .. type(v), 2)
   end
-  return buf
-end
-
-function M.put_bulk_header(buf, n)
-  buf:putf("$%d\r\n", check_int(n))
-  return buf
-end
-
-function M.put_null(buf)
-  buf:put("$-1\r\n")
-  return buf
-end
-
-function M.put_array(buf, n)
-  buf:putf("*%d\r\n", check_int(n))
-  return buf
-end
-
-function M.put_null_array(buf)
-  buf:put("*-1\r\n")
   return buf
 end
 
