@@ -371,6 +371,30 @@ local function is_noreply(s, req, i)
   return C.memcmp(s.base + st, "noreply", 7) == 0
 end
 
+-- A command of n tokens, or of n + 1 whose last may be "noreply"
+-- (memcached ignores any other word there): sets req.noreply.  Any other
+-- count is an ERROR: req.err is set and the result is false.
+local function token_count_ok(s, req, nt, n)
+  if nt ~= n and nt ~= n + 1 then
+    req.err = R_ERROR
+    return false
+  end
+  req.noreply = is_noreply(s, req, nt - 1)
+  return true
+end
+
+-- Token i as an exptime into req.exptime; if it is not a number, the
+-- exptime error in req.err instead and the result is false.
+local function read_exptime(s, req, i)
+  local exptime = to_i32(s, req.ts[i], req.te[i])
+  if not exptime then
+    req.err = R_EXPTIME
+    return false
+  end
+  req.exptime = exptime
+  return true
+end
+
 -- memcached's item_size_ok: does a value of vlen bytes under a key of klen
 -- bytes (with flags) fit an item?
 local function too_large(req, klen, vlen, flags)
@@ -398,11 +422,7 @@ end
 -- or 7).  line: bytes of the line with its LF; off: where it starts.
 local function storage(s, req, op, nt, off, line, size)
   local is_cas = op == CAS
-  if nt ~= (is_cas and 6 or 5) and nt ~= (is_cas and 7 or 6) then
-    req.err = R_ERROR
-    return line
-  end
-  req.noreply = is_noreply(s, req, nt - 1)
+  if not token_count_ok(s, req, nt, is_cas and 6 or 5) then return line end
   local ts, te = req.ts, req.te
   local klen = te[1] - ts[1]
   if klen > KEY_MAX then
@@ -523,12 +543,7 @@ local function parse(s, req, off)
       return line
     end
     if op == GAT or op == GATS then
-      local ex = to_i32(s, ts[1], te[1])
-      if not ex then
-        req.err = R_EXPTIME
-        return line
-      end
-      req.exptime = ex
+      if not read_exptime(s, req, 1) then return line end
       req.key = 2
       if max2 > KEY_MAX then req.err = R_FORMAT end
     elseif max1 > KEY_MAX then
@@ -560,22 +575,13 @@ local function parse(s, req, off)
   end
 
   if op == INCR or op == DECR or op == TOUCH then
-    if nt ~= 3 and nt ~= 4 then
-      req.err = R_ERROR
-      return line
-    end
-    req.noreply = is_noreply(s, req, nt - 1)
+    if not token_count_ok(s, req, nt, 3) then return line end
     if te[1] - ts[1] > KEY_MAX then
       req.err = R_FORMAT
       return line
     end
     if op == TOUCH then
-      local ex = to_i32(s, ts[2], te[2])
-      if not ex then
-        req.err = R_EXPTIME
-      else
-        req.exptime = ex
-      end
+      read_exptime(s, req, 2)
     elseif not to_u64(s, ts[2], te[2], req.u64) then
       req.err = R_DELTA
     end
@@ -590,23 +596,12 @@ local function parse(s, req, off)
     local nr = is_noreply(s, req, nt - 1)
     req.noreply = nr
     req.exptime = 0
-    if nt ~= (nr and 2 or 1) then
-      local ex = to_i32(s, ts[1], te[1])
-      if not ex then
-        req.err = R_EXPTIME
-      else
-        req.exptime = ex
-      end
-    end
+    if nt ~= (nr and 2 or 1) then read_exptime(s, req, 1) end
     return line
   end
 
   if op == VERBOSITY then
-    if nt ~= 2 and nt ~= 3 then
-      req.err = R_ERROR
-      return line
-    end
-    req.noreply = is_noreply(s, req, nt - 1)
+    if not token_count_ok(s, req, nt, 2) then return line end
     local lv = to_u32(s, ts[1], te[1])
     if not lv then
       req.err = R_FORMAT
