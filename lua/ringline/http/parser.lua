@@ -240,6 +240,23 @@ local function need(req, avail, max)
   return -2
 end
 
+-- A line end at s.base[i], whose byte c is there: CRLF, or a bare LF.
+-- Returns the index after it; -2 if the LF after a CR is not there yet;
+-- -1 if c is not a line end or a CR is not followed by LF.
+local function after_line_end(s, i, c, lim)
+  if c == LF then return i + 1 end
+  if c ~= CR then return -1 end
+  if i + 1 >= lim then return -2 end
+  if s.base[i + 1] ~= LF then return -1 end
+  return i + 2
+end
+
+-- What parse_request returns for a -2 or -1 from after_line_end.
+local function line_end_failed(req, r, avail, max)
+  if r == -2 then return need(req, avail, max) end
+  return fail(req, 400)
+end
+
 ---------------------------------------------------------------------------
 -- request object
 
@@ -370,13 +387,8 @@ local function parse_request(s, req, max_hdr, off)
   if i >= lim then return need(req, avail, max_hdr) end
   c = s.base[i]
   while c == CR or c == LF do
-    if c == CR then
-      if i + 1 >= lim then return need(req, avail, max_hdr) end
-      if s.base[i + 1] ~= LF then return fail(req, 400) end
-      i = i + 2
-    else
-      i = i + 1
-    end
+    i = after_line_end(s, i, c, lim)
+    if i < 0 then return line_end_failed(req, i, avail, max_hdr) end
     if i >= lim then return need(req, avail, max_hdr) end
     c = s.base[i]
   end
@@ -436,15 +448,8 @@ local function parse_request(s, req, max_hdr, off)
   end
   i = i + 8
   if i >= lim then return need(req, avail, max_hdr) end
-  c = s.base[i]
-  if c == CR then
-    i = i + 1
-    if i >= lim then return need(req, avail, max_hdr) end
-    if s.base[i] ~= LF then return fail(req, 400) end
-  elseif c ~= LF then
-    return fail(req, 400)
-  end
-  i = i + 1
+  i = after_line_end(s, i, s.base[i], lim)
+  if i < 0 then return line_end_failed(req, i, avail, max_hdr) end
   if major ~= 1 or minor > 1 then return fail(req, 505) end
   req.minor = minor
 
@@ -489,14 +494,8 @@ local function parse_request(s, req, max_hdr, off)
       if i >= lim then return need(req, avail, max_hdr) end
       c = s.base[i]
     end
-    if c == CR then
-      i = i + 1
-      if i >= lim then return need(req, avail, max_hdr) end
-      if s.base[i] ~= LF then return fail(req, 400) end
-    elseif c ~= LF then
-      return fail(req, 400)
-    end
-    i = i + 1
+    i = after_line_end(s, i, c, lim)
+    if i < 0 then return line_end_failed(req, i, avail, max_hdr) end
 
     nh = nh + 1
     if nh > maxh then return fail(req, 431) end
@@ -552,12 +551,8 @@ local function parse_request(s, req, max_hdr, off)
   end
 
   -- The empty line that ends the head.
-  if c == CR then
-    i = i + 1
-    if i >= lim then return need(req, avail, max_hdr) end
-    if s.base[i] ~= LF then return fail(req, 400) end
-  end
-  i = i + 1
+  i = after_line_end(s, i, c, lim)
+  if i < 0 then return line_end_failed(req, i, avail, max_hdr) end
   req.nheaders = nh
 
   if te then
