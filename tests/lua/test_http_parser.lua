@@ -836,21 +836,41 @@ T.chunked_extensions = function()
   end
 end
 
--- Every malformed body: the exact status, the same from every split.
+-- Every malformed body: the exact status, and the same status and bytes
+-- used from every split.  Returns the bytes used.
 local function bad_chunked(body, status, max_body)
-  local st, _, _, d = dechunk(body, max_body)
+  local st, used, _, d = dechunk(body, max_body)
   if st ~= -1 or d.status ~= status then
     error(("%s: expected -1 status %d, got %d status %d"):format(q(body),
       status, st, d.status), 2)
   end
   for k = 0, #body do
-    local st2, _, _, d2 = dechunk_pieces({ body:sub(1, k), body:sub(k + 1) },
-      max_body)
-    if st2 ~= -1 or d2.status ~= status then
-      error(("%s cut at %d: expected -1 status %d, got %d status %d")
-        :format(q(body), k, status, st2, d2.status), 2)
+    local st2, used2, _, d2 = dechunk_pieces({ body:sub(1, k),
+      body:sub(k + 1) }, max_body)
+    if st2 ~= -1 or d2.status ~= status or used2 ~= used then
+      error(("%s cut at %d: expected -1 status %d used %d, got %d status " ..
+        "%d used %d"):format(q(body), k, status, used, st2, d2.status,
+        used2), 2)
     end
   end
+  return used
+end
+
+-- After an error, `used` ends before the byte found wrong, or after the
+-- size digit that took the size over a limit.
+T.chunked_error_used = function()
+  eq(bad_chunked("g\r\n", 400), 0, "bad first digit")
+  eq(bad_chunked("5x\r\n", 400), 1, "bad byte after the digits")
+  eq(bad_chunked("5;a b\r\n", 400), 4, "bad byte in an extension")
+  eq(bad_chunked("5;a=\"\1\"\r\n", 400), 5, "bad byte in a quoted value")
+  eq(bad_chunked("5\r\r", 400), 2, "CR for the LF of a size line")
+  eq(bad_chunked("1\r\nxy", 400), 4, "data longer than its size")
+  eq(bad_chunked("0\r\nA : 1\r\n\r\n", 400), 4, "bad trailer name")
+  eq(bad_chunked("0\r\n\rX", 400), 4, "CR for the final LF")
+  eq(bad_chunked("5\r\nhello\r\n6", 413, 10), 11, "size over max_body")
+  eq(bad_chunked(("f"):rep(14) .. "\r\n", 400), 14, "size over 2^53")
+  local long = ("0"):rep(P.MAX_CHUNK_LINE) .. "1\r\n"
+  eq(bad_chunked(long, 400), P.MAX_CHUNK_LINE, "size line over its limit")
 end
 
 T.chunked_bad_extensions = function()

@@ -39,7 +39,9 @@
 --       (later calls return 1, 0 until d:reset())
 --     st 0: all bytes from off processed (used == #s - off); need more.
 --       The state is kept in d: the next call takes the bytes that follow.
---     st -1: error; d.status is 400 or 413 (later calls return -1, 0)
+--     st -1: error; d.status is 400 or 413 (later calls return -1, 0);
+--       `used` ends before the byte found wrong, or after the size digit
+--       that took the size over a limit
 --     d.n data ranges found in this call: d.off[k], d.len[k] (0-based
 --     offsets from s.base), or d:data(s, k) as a slice; d.total is the
 --     body length so far; max_body (default 2^53-1) bounds d.total.
@@ -74,7 +76,7 @@ local bit = require "bit"
 local slice = require "ringline.slice"
 local util = require "ringline.util"
 
-local band, bor = bit.band, bit.bor
+local band, bor, lshift = bit.band, bit.bor, bit.lshift
 local byte = string.byte
 local error, setmetatable, type = error, setmetatable, type
 local check = slice.check_live
@@ -580,29 +582,90 @@ M.parse_request = parse_request
 ---------------------------------------------------------------------------
 -- chunked body decoder
 
--- States.  Each names what the next byte may be.
-local S_SIZE0 = 1       -- first hex digit of a chunk size
-local S_SIZE = 2        -- more hex digits, BWS, ';' or CR
-local S_WS_SEMI = 3     -- BWS before ';'
-local S_EXT_PRE = 4     -- after ';': BWS, then an extension name
-local S_EXT_NAME = 5    -- name characters, BWS, '=', ';' or CR
-local S_EXT_NAME_WS = 6 -- BWS after a name: '=' or ';'
-local S_EXT_VAL_PRE = 7 -- after '=': BWS, then a token or a quoted string
-local S_EXT_VAL = 8     -- token characters, BWS, ';' or CR
-local S_EXT_QVAL = 9    -- inside a quoted string
-local S_EXT_QESC = 10   -- after a backslash in a quoted string
-local S_EXT_QEND = 11   -- after the closing quote: BWS, ';' or CR
-local S_SIZE_LF = 12    -- LF ending a chunk-size line
-local S_DATA = 13       -- chunk data (d.rem bytes left)
-local S_DATA_CR = 14    -- CR after chunk data
-local S_DATA_LF = 15    -- LF after chunk data
-local S_TRAILER = 16    -- start of a trailer line, or the final CR
-local S_TR_NAME = 17    -- trailer field name, then ':'
-local S_TR_VALUE = 18   -- trailer field value, then CR
-local S_TR_LF = 19      -- LF ending a trailer line
-local S_END_LF = 20     -- LF ending the body
-local S_DONE = 21
-local S_ERROR = 22
+-- States.  Each names what the next byte may be.  The states below
+-- S_SIZE_END take their bytes through LINE_NEXT (further below): the
+-- framing around the data, whose common forms also have a shorter path.
+--   chunk-size line = 1*HEXDIG *( BWS ";" BWS ext-name
+--                     [ BWS "=" BWS ext-val ] ) CRLF
+local S_AFTER_DIGITS = 1 -- after the size's digits: BWS, ';' or CR
+local S_WS_SEMI = 2     -- BWS before ';'
+local S_EXT_PRE = 3     -- after ';': BWS, then an extension name
+local S_EXT_NAME = 4    -- name characters, BWS, '=', ';' or CR
+local S_EXT_NAME_WS = 5 -- BWS after a name: '=' or ';'
+local S_EXT_VAL_PRE = 6 -- after '=': BWS, then a token or a quoted string
+local S_EXT_VAL = 7     -- token characters, BWS, ';' or CR
+local S_EXT_QVAL = 8    -- inside a quoted string
+local S_EXT_QESC = 9    -- after a backslash in a quoted string
+local S_EXT_QEND = 10   -- after the closing quote: BWS, ';' or CR
+local S_SIZE_LF = 11    -- LF ending a chunk-size line
+--   trailer-section = *( field-line CRLF ) CRLF
+local S_TRAILER = 12    -- start of a trailer line, or the final CR
+local S_TR_NAME = 13    -- trailer field name, then ':'
+local S_TR_VALUE = 14   -- trailer field value, then CR
+local S_TR_LF = 15      -- LF ending a trailer line
+local S_END_LF = 16     -- LF ending the body
+--   chunk data CRLF
+local S_DATA_CR = 17    -- CR after chunk data
+local S_DATA_LF = 18    -- LF after chunk data
+local S_SIZE_END = 19   -- a chunk-size line was read: data or trailers next
+local S_DONE = 20
+local S_DATA = 21       -- chunk data (d.rem bytes left)
+local S_SIZE0 = 22      -- first hex digit of a chunk size
+local S_SIZE = 23       -- more hex digits, or what LINE_NEXT takes after them
+local S_ERROR = 24
+
+-- LINE_NEXT[st * 256 + c]: the state after byte c in state st, for the
+-- states below S_SIZE_END; NOT_ALLOWED if c may not come there.  Every
+-- byte is consumed; the bytes a state goes on over (BWS, token
+-- characters, ...) lead back to it.
+local NOT_ALLOWED = 0
+local LINE_NEXT = ffi.new("uint8_t[?]", S_SIZE_END * 256)
+do
+  local function in_class(mask)
+    return function(c) return band(cls[c], mask) ~= 0 end
+  end
+  local ws, token = in_class(C_WS), in_class(C_TOKEN)
+  local value, qtext = in_class(C_VALUE), in_class(C_QTEXT)
+  -- state = { bytes, next state, bytes, next state, ... }, where bytes
+  -- is one byte or a class
+  local rules = {
+    [S_AFTER_DIGITS] = { ws, S_WS_SEMI, SEMI, S_EXT_PRE, CR, S_SIZE_LF },
+    [S_WS_SEMI] = { ws, S_WS_SEMI, SEMI, S_EXT_PRE },
+    [S_EXT_PRE] = { ws, S_EXT_PRE, token, S_EXT_NAME },
+    [S_EXT_NAME] = { token, S_EXT_NAME, ws, S_EXT_NAME_WS,
+      EQUALS, S_EXT_VAL_PRE, SEMI, S_EXT_PRE, CR, S_SIZE_LF },
+    [S_EXT_NAME_WS] = { ws, S_EXT_NAME_WS, EQUALS, S_EXT_VAL_PRE,
+      SEMI, S_EXT_PRE },
+    [S_EXT_VAL_PRE] = { ws, S_EXT_VAL_PRE, DQUOTE, S_EXT_QVAL,
+      token, S_EXT_VAL },
+    [S_EXT_VAL] = { token, S_EXT_VAL, ws, S_WS_SEMI, SEMI, S_EXT_PRE,
+      CR, S_SIZE_LF },
+    [S_EXT_QVAL] = { qtext, S_EXT_QVAL, DQUOTE, S_EXT_QEND,
+      BSLASH, S_EXT_QESC },
+    [S_EXT_QESC] = { value, S_EXT_QVAL },
+    [S_EXT_QEND] = { ws, S_WS_SEMI, SEMI, S_EXT_PRE, CR, S_SIZE_LF },
+    [S_SIZE_LF] = { LF, S_SIZE_END },
+    [S_TRAILER] = { token, S_TR_NAME, CR, S_END_LF },
+    [S_TR_NAME] = { token, S_TR_NAME, COLON, S_TR_VALUE },
+    [S_TR_VALUE] = { value, S_TR_VALUE, CR, S_TR_LF },
+    [S_TR_LF] = { LF, S_TRAILER },
+    [S_END_LF] = { LF, S_DONE },
+    [S_DATA_CR] = { CR, S_DATA_LF },
+    [S_DATA_LF] = { LF, S_SIZE0 },
+  }
+  for st = 1, S_SIZE_END - 1 do
+    local r = assert(rules[st], "no rules for a LINE_NEXT state")
+    for k = 1, #r, 2 do
+      local bytes, nxt = r[k], r[k + 1]
+      for c = 0, 255 do
+        if bytes == c or (type(bytes) == "function" and bytes(c)) then
+          assert(LINE_NEXT[st * 256 + c] == NOT_ALLOWED, "overlapping rules")
+          LINE_NEXT[st * 256 + c] = nxt
+        end
+      end
+    end
+  end
+end
 
 local D = {}
 D.__index = D
@@ -613,8 +676,8 @@ function M.new_chunked()
     size = 0,     -- chunk size read so far
     rem = 0,      -- data bytes left in the current chunk
     total = 0,    -- data bytes in the body so far (all calls)
-    line = 0,     -- bytes of the current chunk-size line
-    trailer = 0,  -- bytes of the trailer section
+    line = 0,     -- bytes of the current chunk-size line, or of the
+                  -- trailer section so far
     status = 0,
     n = 0,
     off = zeros(8),
@@ -624,7 +687,7 @@ end
 
 -- Ready for the next body.
 function D.reset(d)
-  d.state, d.size, d.rem, d.total, d.line, d.trailer = S_SIZE0, 0, 0, 0, 0, 0
+  d.state, d.size, d.rem, d.total, d.line = S_SIZE0, 0, 0, 0, 0
   d.status, d.n = 0, 0
 end
 
@@ -639,13 +702,21 @@ function D.done(d)
   return d.state == S_DONE
 end
 
--- The decoder is written as phases in the order they occur in a chunk (data,
--- CRLF, size, extensions, LF, then trailers), each a loop over bytes of one
--- kind, so that the compiled traces follow stable paths.  d.state says
--- which phase to resume in.  Every byte of a chunk-size line or of the
--- trailer section is read after the same two checks (a byte available, the
--- line or section under its limit), so an error is found at the same byte
--- however the body is split.
+-- CR LF at s.base[j], both before e.
+local function crlf_at(s, j, e)
+  return j + 1 < e and s.base[j] == CR and s.base[j + 1] == LF
+end
+
+-- The decoder is written as phases in the order they occur in a chunk
+-- (data, its CRLF, the size digits, the rest of the size line; after the
+-- last chunk the trailers), so that the compiled traces follow stable
+-- paths.  The usual chunk (digits, CRLF, data, CRLF) and an empty trailer
+-- section take no LINE_NEXT loop: an inner loop entered on every chunk
+-- costs the compiled trace an exit each time.  d.state says which phase
+-- to resume in.  Every byte of a size line or of the trailer section is
+-- read after the same two checks (a byte available, the line or section
+-- under its limit), so an error is found at the same byte however the
+-- body is split.
 local function decode_chunked(s, off, d, max_body)
   check(s)
   local e = s.size
@@ -656,8 +727,9 @@ local function decode_chunked(s, off, d, max_body)
   local st = d.state
   if st == S_DONE then return 1, 0 end
   if st == S_ERROR then return -1, 0 end
-  local acc, rem, total, line, trailer =
-    d.size, d.rem, d.total, d.line, d.trailer
+  local acc, rem, total, line = d.size, d.rem, d.total, d.line
+  local line_max = MAX_CHUNK_LINE
+  if st >= S_TRAILER and st <= S_END_LF then line_max = MAX_TRAILER_BYTES end
   local doff, dlen, nr = d.off, d.len, 0
   local j = off
   local status = 0
@@ -675,35 +747,23 @@ local function decode_chunked(s, off, d, max_body)
       end
       if rem > 0 then goto out end
       st = S_DATA_CR
-    end
-    if st == S_DATA_CR then
-      if j >= e then goto out end
-      if s.base[j] ~= CR then status = 400; goto out end
-      j = j + 1
-      st = S_DATA_LF
-    end
-    if st == S_DATA_LF then
-      if j >= e then goto out end
-      if s.base[j] ~= LF then status = 400; goto out end
-      j = j + 1
-      st = S_SIZE0
-      line = 0
+      if crlf_at(s, j, e) then -- usually there, whole
+        j = j + 2
+        st = S_SIZE0
+      end
     end
 
-    -- chunk-size
+    -- chunk-size: at least one digit, read in the loop below
     if st == S_SIZE0 then
       if j >= e then goto out end
-      v = hexv[s.base[j]]
-      if v < 0 then status = 400; goto out end
-      j = j + 1
-      line = line + 1
-      acc = v
-      if acc > max_body - total then status = 413; goto out end
+      if hexv[s.base[j]] < 0 then status = 400; goto out end
+      line = 0 -- (the CRLF before the size line does not count)
       st = S_SIZE
     end
     if st == S_SIZE then
+      -- the digits, then the byte after them as LINE_NEXT takes it
       if j >= e then goto out end
-      if line >= MAX_CHUNK_LINE then status = 400; goto out end
+      if line >= line_max then status = 400; goto out end
       c = s.base[j]
       v = hexv[c]
       while v >= 0 do
@@ -713,161 +773,36 @@ local function decode_chunked(s, off, d, max_body)
         acc = acc * 16 + v
         if acc > max_body - total then status = 413; goto out end
         if j >= e then goto out end
-        if line >= MAX_CHUNK_LINE then status = 400; goto out end
+        if line >= line_max then status = 400; goto out end
         c = s.base[j]
         v = hexv[c]
       end
+      st = S_AFTER_DIGITS
+      -- Usually CRLF follows: taken here as LINE_NEXT would take it.
+      if line + 1 < line_max and crlf_at(s, j, e) then
+        j = j + 2
+        line = line + 2
+        st = S_SIZE_END
+      end
+    end
+
+    -- A byte at a time through LINE_NEXT.  (st * 256 + c as a shift:
+    -- integer arithmetic, where a product would go through doubles
+    -- between one byte's state and the next.)
+    while st < S_SIZE_END do
+      if j >= e then goto out end
+      if line >= line_max then status = 400; goto out end
+      v = LINE_NEXT[bor(lshift(st, 8), s.base[j])]
+      if v == NOT_ALLOWED then status = 400; goto out end
       j = j + 1
       line = line + 1
-      if c == CR then st = S_SIZE_LF
-      elseif c == SEMI then st = S_EXT_PRE
-      elseif c == SP or c == HT then st = S_WS_SEMI
-      else status = 400; goto out end
+      st = v
     end
+    if st == S_DONE then goto out end
 
-    -- chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )
-    while st >= S_WS_SEMI and st <= S_EXT_QEND do
-      if st == S_WS_SEMI then
-        if j >= e then goto out end
-        if line >= MAX_CHUNK_LINE then status = 400; goto out end
-        c = s.base[j]
-        while c == SP or c == HT do
-          j = j + 1
-          line = line + 1
-          if j >= e then goto out end
-          if line >= MAX_CHUNK_LINE then status = 400; goto out end
-          c = s.base[j]
-        end
-        if c ~= SEMI then status = 400; goto out end
-        j = j + 1
-        line = line + 1
-        st = S_EXT_PRE
-      end
-      if st == S_EXT_PRE then
-        if j >= e then goto out end
-        if line >= MAX_CHUNK_LINE then status = 400; goto out end
-        c = s.base[j]
-        while c == SP or c == HT do
-          j = j + 1
-          line = line + 1
-          if j >= e then goto out end
-          if line >= MAX_CHUNK_LINE then status = 400; goto out end
-          c = s.base[j]
-        end
-        if band(cls[c], C_TOKEN) == 0 then status = 400; goto out end
-        st = S_EXT_NAME
-      end
-      if st == S_EXT_NAME then
-        if j >= e then goto out end
-        if line >= MAX_CHUNK_LINE then status = 400; goto out end
-        c = s.base[j]
-        while band(cls[c], C_TOKEN) ~= 0 do
-          j = j + 1
-          line = line + 1
-          if j >= e then goto out end
-          if line >= MAX_CHUNK_LINE then status = 400; goto out end
-          c = s.base[j]
-        end
-        j = j + 1
-        line = line + 1
-        if c == CR then st = S_SIZE_LF
-        elseif c == EQUALS then st = S_EXT_VAL_PRE
-        elseif c == SEMI then st = S_EXT_PRE
-        elseif c == SP or c == HT then st = S_EXT_NAME_WS
-        else status = 400; goto out end
-      end
-      if st == S_EXT_NAME_WS then
-        if j >= e then goto out end
-        if line >= MAX_CHUNK_LINE then status = 400; goto out end
-        c = s.base[j]
-        while c == SP or c == HT do
-          j = j + 1
-          line = line + 1
-          if j >= e then goto out end
-          if line >= MAX_CHUNK_LINE then status = 400; goto out end
-          c = s.base[j]
-        end
-        j = j + 1
-        line = line + 1
-        if c == EQUALS then st = S_EXT_VAL_PRE
-        elseif c == SEMI then st = S_EXT_PRE
-        else status = 400; goto out end
-      end
-      if st == S_EXT_VAL_PRE then
-        if j >= e then goto out end
-        if line >= MAX_CHUNK_LINE then status = 400; goto out end
-        c = s.base[j]
-        while c == SP or c == HT do
-          j = j + 1
-          line = line + 1
-          if j >= e then goto out end
-          if line >= MAX_CHUNK_LINE then status = 400; goto out end
-          c = s.base[j]
-        end
-        if c == DQUOTE then
-          j = j + 1
-          line = line + 1
-          st = S_EXT_QVAL
-        elseif band(cls[c], C_TOKEN) ~= 0 then
-          st = S_EXT_VAL
-        else
-          status = 400; goto out
-        end
-      end
-      if st == S_EXT_VAL then
-        if j >= e then goto out end
-        if line >= MAX_CHUNK_LINE then status = 400; goto out end
-        c = s.base[j]
-        while band(cls[c], C_TOKEN) ~= 0 do
-          j = j + 1
-          line = line + 1
-          if j >= e then goto out end
-          if line >= MAX_CHUNK_LINE then status = 400; goto out end
-          c = s.base[j]
-        end
-        j = j + 1
-        line = line + 1
-        if c == CR then st = S_SIZE_LF
-        elseif c == SEMI then st = S_EXT_PRE
-        elseif c == SP or c == HT then st = S_WS_SEMI
-        else status = 400; goto out end
-      end
-      -- quoted-string: qdtext and quoted-pairs up to the closing quote
-      while st == S_EXT_QVAL or st == S_EXT_QESC do
-        if j >= e then goto out end
-        if line >= MAX_CHUNK_LINE then status = 400; goto out end
-        c = s.base[j]
-        j = j + 1
-        line = line + 1
-        if st == S_EXT_QESC then
-          if band(cls[c], C_VALUE) == 0 then status = 400; goto out end
-          st = S_EXT_QVAL
-        elseif c == DQUOTE then
-          st = S_EXT_QEND
-        elseif c == BSLASH then
-          st = S_EXT_QESC
-        elseif band(cls[c], C_QTEXT) == 0 then
-          status = 400; goto out
-        end
-      end
-      if st == S_EXT_QEND then
-        if j >= e then goto out end
-        if line >= MAX_CHUNK_LINE then status = 400; goto out end
-        c = s.base[j]
-        j = j + 1
-        line = line + 1
-        if c == CR then st = S_SIZE_LF
-        elseif c == SEMI then st = S_EXT_PRE
-        elseif c == SP or c == HT then st = S_WS_SEMI
-        else status = 400; goto out end
-      end
-    end
-
-    if st == S_SIZE_LF then
-      if j >= e then goto out end
-      if line >= MAX_CHUNK_LINE then status = 400; goto out end
-      if s.base[j] ~= LF then status = 400; goto out end
-      j = j + 1
+    -- After a size line: the chunk's data, or after the last chunk (size
+    -- 0) the trailer section, whose bytes count from here.
+    if st == S_SIZE_END then
       line = 0
       if acc > 0 then
         rem = acc
@@ -875,82 +810,23 @@ local function decode_chunked(s, off, d, max_body)
         acc = 0
         st = S_DATA
       else
+        line_max = MAX_TRAILER_BYTES
         st = S_TRAILER
-      end
-    end
-
-    -- trailer-section = *( field-line CRLF ) CRLF.  Usually empty: the
-    -- final CRLF is read here, outside the loop.
-    if st == S_TRAILER and j < e and trailer < MAX_TRAILER_BYTES
-       and s.base[j] == CR then
-      j = j + 1
-      trailer = trailer + 1
-      st = S_END_LF
-    end
-    if st == S_END_LF and j < e and trailer < MAX_TRAILER_BYTES then
-      if s.base[j] ~= LF then status = 400; goto out end
-      j = j + 1
-      trailer = trailer + 1
-      st = S_DONE
-      goto out
-    end
-    while st >= S_TRAILER and st <= S_END_LF do
-      if st == S_TRAILER then
-        if j >= e then goto out end
-        if trailer >= MAX_TRAILER_BYTES then status = 400; goto out end
-        c = s.base[j]
-        j = j + 1
-        trailer = trailer + 1
-        if c == CR then st = S_END_LF
-        elseif band(cls[c], C_TOKEN) ~= 0 then st = S_TR_NAME
-        else status = 400; goto out end
-      end
-      if st == S_TR_NAME then
-        while true do
-          if j >= e then goto out end
-          if trailer >= MAX_TRAILER_BYTES then status = 400; goto out end
-          c = s.base[j]
-          if band(cls[c], C_TOKEN) == 0 then break end
-          j = j + 1
-          trailer = trailer + 1
-        end
-        if c ~= COLON then status = 400; goto out end
-        j = j + 1
-        trailer = trailer + 1
-        st = S_TR_VALUE
-      end
-      if st == S_TR_VALUE then
-        while true do
-          if j >= e then goto out end
-          if trailer >= MAX_TRAILER_BYTES then status = 400; goto out end
-          c = s.base[j]
-          if band(cls[c], C_VALUE) == 0 then break end
-          j = j + 1
-          trailer = trailer + 1
-        end
-        if c ~= CR then status = 400; goto out end
-        j = j + 1
-        trailer = trailer + 1
-        st = S_TR_LF
-      end
-      if st == S_TR_LF or st == S_END_LF then
-        if j >= e then goto out end
-        if trailer >= MAX_TRAILER_BYTES then status = 400; goto out end
-        if s.base[j] ~= LF then status = 400; goto out end
-        j = j + 1
-        trailer = trailer + 1
-        if st == S_END_LF then
+        -- Usually there are no trailers: the final CRLF, taken here as
+        -- LINE_NEXT would take it.
+        if crlf_at(s, j, e) then
+          j = j + 2
+          line = 2
           st = S_DONE
           goto out
         end
-        st = S_TRAILER
       end
     end
   end
 
   ::out::
   d.n = nr
-  d.size, d.rem, d.total, d.line, d.trailer = acc, rem, total, line, trailer
+  d.size, d.rem, d.total, d.line = acc, rem, total, line
   if status ~= 0 then
     d.state, d.status = S_ERROR, status
     return -1, j - off
