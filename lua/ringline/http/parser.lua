@@ -611,7 +611,7 @@ local S_SIZE_END = 19   -- a chunk-size line was read: data or trailers next
 local S_DONE = 20
 local S_DATA = 21       -- chunk data (d.rem bytes left)
 local S_SIZE0 = 22      -- first hex digit of a chunk size
-local S_SIZE = 23       -- more hex digits, or what LINE_NEXT takes after them
+local S_SIZE = 23       -- more hex digits
 local S_ERROR = 24
 
 -- LINE_NEXT[st * 256 + c]: the state after byte c in state st, for the
@@ -753,15 +753,22 @@ local function decode_chunked(s, off, d, max_body)
       end
     end
 
-    -- chunk-size: at least one digit, read in the loop below
+    -- chunk-size.  The first digit is read here, not in the loop below:
+    -- sizes have a few digits, and a loop that runs once or twice per
+    -- chunk would get a trace of its own, cutting the decoder's trace at
+    -- every chunk.  (The CRLF before the size line does not count.)
     if st == S_SIZE0 then
       if j >= e then goto out end
-      if hexv[s.base[j]] < 0 then status = 400; goto out end
-      line = 0 -- (the CRLF before the size line does not count)
+      v = hexv[s.base[j]]
+      if v < 0 then status = 400; goto out end
+      j = j + 1
+      line = 1
+      acc = v
+      if acc > max_body - total then status = 413; goto out end
       st = S_SIZE
     end
     if st == S_SIZE then
-      -- the digits, then the byte after them as LINE_NEXT takes it
+      -- more digits, then the byte after them as LINE_NEXT takes it
       if j >= e then goto out end
       if line >= line_max then status = 400; goto out end
       c = s.base[j]
