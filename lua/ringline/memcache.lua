@@ -459,6 +459,28 @@ local function storage(s, req, op, nt, off, line, size)
   return line + vlen + 2
 end
 
+-- Token nt of the line, s.base[st .. i), has ended: the first is the
+-- command, looked up now (op, and getlike for the get family); for the
+-- others the longest from index 1 and from index 2 are kept (max1,
+-- max2).  Its bounds go into ts, te (all of them for the get family, 25
+-- otherwise).  Returns nt + 1 and op, getlike, max1, max2.  (A function,
+-- not a second loop test: the tokenizer calls it in its loop and once
+-- for a token that runs to the end of the line.)
+local function token_ended(s, ts, te, st, i, nt, op, getlike, max1, max2)
+  if nt == 0 then
+    if i - st >= 2 then
+      op = command(s, st, i)
+      getlike = op >= GET and op <= GATS
+    end
+  else
+    local n = i - st
+    if n > max1 then max1 = n end
+    if nt >= 2 and n > max2 then max2 = n end
+  end
+  if nt <= MAX_TOKENS or getlike then ts[nt], te[nt] = st, i end
+  return nt + 1, op, getlike, max1, max2
+end
+
 local function parse(s, req, off)
   check(s)
   off = off or 0
@@ -497,18 +519,8 @@ local function parse(s, req, off)
     local c = s.base[i]
     if c == SP or c == NUL then
       if st >= 0 then
-        if nt == 0 then
-          if i - st >= 2 then
-            op = command(s, st, i)
-            getlike = op >= GET and op <= GATS
-          end
-        else
-          local n = i - st
-          if n > max1 then max1 = n end
-          if nt >= 2 and n > max2 then max2 = n end
-        end
-        if nt <= MAX_TOKENS or getlike then ts[nt], te[nt] = st, i end
-        nt = nt + 1
+        nt, op, getlike, max1, max2 =
+          token_ended(s, ts, te, st, i, nt, op, getlike, max1, max2)
         st = -1
       end
       if c == NUL then break end
@@ -518,18 +530,8 @@ local function parse(s, req, off)
     i = i + 1
   end
   if st >= 0 then   -- the last token ends the line
-    if nt == 0 then
-      if i - st >= 2 then
-        op = command(s, st, i)
-        getlike = op >= GET and op <= GATS
-      end
-    else
-      local n = i - st
-      if n > max1 then max1 = n end
-      if nt >= 2 and n > max2 then max2 = n end
-    end
-    if nt <= MAX_TOKENS or getlike then ts[nt], te[nt] = st, i end
-    nt = nt + 1
+    nt, op, getlike, max1, max2 =
+      token_ended(s, ts, te, st, i, nt, op, getlike, max1, max2)
   end
   req.op, req.nt = op, nt
   if nt == 0 or te[0] - ts[0] < 2 then
