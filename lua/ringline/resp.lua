@@ -322,13 +322,15 @@ function M.new_command(n)
   if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
     error("new_command: size must be a non-negative integer", 2)
   end
-  return setmetatable({
+  local cmd = setmetatable({
     argc = 0,
     off = zeros(n), len = zeros(n), esc = zeros(n),
     nesc = 0,
     want = 0,
     err = nil,
   }, Cmd)
+  -- (not a tail call: the JIT cannot return from setmetatable to a lower frame)
+  return cmd
 end
 
 -- Scratch space for decoded inline arguments, grown as needed (a decoded

@@ -271,7 +271,7 @@ function M.new_request(max_headers)
   then
     error("new_request: max_headers must be a non-negative integer", 2)
   end
-  return setmetatable({
+  local req = setmetatable({
     status = 0,
     max_headers = max_headers,
     method_off = 0, method_len = 0,
@@ -289,6 +289,8 @@ function M.new_request(max_headers)
     host = false,
     host_index = 0,
   }, R)
+  -- (not a tail call: the JIT cannot return from setmetatable to a lower frame)
+  return req
 end
 
 -- The method, target, path (target up to '?') and query (after the first
@@ -671,7 +673,7 @@ local D = {}
 D.__index = D
 
 function M.new_chunked()
-  return setmetatable({
+  local d = setmetatable({
     state = S_SIZE0,
     size = 0,     -- chunk size read so far
     rem = 0,      -- data bytes left in the current chunk
@@ -683,6 +685,8 @@ function M.new_chunked()
     off = zeros(8),
     len = zeros(8),
   }, D)
+  -- (not a tail call: the JIT cannot return from setmetatable to a lower frame)
+  return d
 end
 
 -- Ready for the next body.
