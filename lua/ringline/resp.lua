@@ -490,17 +490,6 @@ local function bulk_fail(cmd, r, a, b)
   return fail(cmd, E_CRLF)
 end
 
--- Argument k of a multibulk command, the bulk string at s.base[p]: its
--- offset and length go into cmd.  Returns the index after it, or what
--- bulk_fail returns (NEED or BAD).
-local function bulk_arg(s, p, e, cmd, k, max_bulk)
-  local q, l
-  p, q, l = bulk(s, p, e, max_bulk)
-  if p < 0 then return bulk_fail(cmd, p, q, l) end
-  cmd.off[k], cmd.len[k] = q, l
-  return p
-end
-
 -- A multibulk command at s.base[i] ('*').  Returns the bytes it takes,
 -- NEED (cmd.want set to the absolute end needed) or BAD.
 --
@@ -519,14 +508,30 @@ local function multibulk(s, i, e, cmd, max_args, max_bulk)
     cmd.argc = 0
     return p - i
   end
-  p = bulk_arg(s, p, e, cmd, 1, max_bulk)
-  if p >= 0 and n > 1 then p = bulk_arg(s, p, e, cmd, 2, max_bulk) end
-  if p >= 0 and n > 2 then p = bulk_arg(s, p, e, cmd, 3, max_bulk) end
-  if p >= 0 and n > 3 then p = bulk_arg(s, p, e, cmd, 4, max_bulk) end
-  if p < 0 then return p end
-  for k = 5, n do
-    p = bulk_arg(s, p, e, cmd, k, max_bulk)
-    if p < 0 then return p end
+  local off, len = cmd.off, cmd.len
+  local q, l
+  p, q, l = bulk(s, p, e, max_bulk)
+  if p < 0 then return bulk_fail(cmd, p, q, l) end
+  off[1], len[1] = q, l
+  if n > 1 then
+    p, q, l = bulk(s, p, e, max_bulk)
+    if p < 0 then return bulk_fail(cmd, p, q, l) end
+    off[2], len[2] = q, l
+    if n > 2 then
+      p, q, l = bulk(s, p, e, max_bulk)
+      if p < 0 then return bulk_fail(cmd, p, q, l) end
+      off[3], len[3] = q, l
+      if n > 3 then
+        p, q, l = bulk(s, p, e, max_bulk)
+        if p < 0 then return bulk_fail(cmd, p, q, l) end
+        off[4], len[4] = q, l
+        for argc = 5, n do
+          p, q, l = bulk(s, p, e, max_bulk)
+          if p < 0 then return bulk_fail(cmd, p, q, l) end
+          off[argc], len[argc] = q, l
+        end
+      end
+    end
   end
   cmd.argc = n
   cmd.nesc = 0
