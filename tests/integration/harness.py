@@ -252,6 +252,23 @@ def proc_mem_kb(pid):
 # --------------------------------------------------------------------------
 # Server processes
 
+class EnvCtx:
+    """Stands in for the test's ctx when a server needs extra environment
+    variables; everything else is the ctx's."""
+
+    def __init__(self, ctx, extra):
+        self._ctx = ctx
+        self._extra = dict(extra or {})
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def server_env(self):
+        env = self._ctx.server_env()
+        env.update(self._extra)
+        return env
+
+
 class Server:
     _seq = itertools.count(1)
 

@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 
-from harness import (Server, check, connect, fail, read_until_closed)
+from harness import (EnvCtx, Server, check, connect, fail, read_until_closed)
 
 HTTP_LUA = "scripts/http.lua"
 TIMEOUTS_LUA = "tests/fixtures/http/timeouts.lua"
@@ -32,22 +32,6 @@ MAX_HEAD = 8192
 # --------------------------------------------------------------------------
 # Servers
 
-class _EnvCtx:
-    """The test's ctx, with extra environment variables for the server."""
-
-    def __init__(self, ctx, extra):
-        self._ctx = ctx
-        self._extra = extra
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
-
-    def server_env(self):
-        env = self._ctx.server_env()
-        env.update(self._extra)
-        return env
-
-
 def http_server(ctx, script=HTTP_LUA, root=None, args=(), env=None):
     """Start script (default scripts/http.lua) on a free port; the static
     root is root, or an empty temp dir.  Stopped and checked at teardown."""
@@ -56,7 +40,7 @@ def http_server(ctx, script=HTTP_LUA, root=None, args=(), env=None):
         os.makedirs(root, exist_ok=True)
     extra = {"RINGLINE_HTTP_ROOT": root}
     extra.update(env or {})
-    s = Server(_EnvCtx(ctx, extra), script=script, args=args)
+    s = Server(EnvCtx(ctx, extra), script=script, args=args)
     ctx.servers.append(s)
     s.start()
     return s

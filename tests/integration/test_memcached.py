@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 
-from harness import REPO, Server, check, connect, fail, free_port, wait_for
+from harness import EnvCtx, REPO, Server, check, connect, fail, free_port, wait_for
 
 MEMCACHED_LUA = "scripts/memcached.lua"
 KV_LUA = "scripts/kv.lua"
@@ -78,24 +78,8 @@ def start_memcached(ctx):
     return srv
 
 
-class _EnvCtx:
-    """The test's ctx with extra environment variables for the server."""
-
-    def __init__(self, ctx, extra):
-        self._ctx = ctx
-        self._extra = extra
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
-
-    def server_env(self):
-        env = self._ctx.server_env()
-        env.update(self._extra)
-        return env
-
-
 def start_ringline(ctx, workers=2, script=MEMCACHED_LUA, listen=None, env=None, args=()):
-    s = Server(_EnvCtx(ctx, env or {}), script=script, listen=listen,
+    s = Server(EnvCtx(ctx, env or {}), script=script, listen=listen,
                args=["--workers", str(workers), *args])
     ctx.servers.append(s)
     s.start()

@@ -26,7 +26,7 @@ import threading
 import time
 
 import harness
-from harness import (ECHO_LUA, PatternStream, Server, StreamClient, TestFailure,
+from harness import (EnvCtx, ECHO_LUA, PatternStream, Server, StreamClient, TestFailure,
                      assert_clients_ok, check, connect, echo_clients, fail, free_port,
                      log_uniform, make_pool, read_until_closed, recv_exact, recv_line,
                      run_clients, wait_for)
@@ -40,23 +40,6 @@ RE_IDENT = re.compile(rb"^ident (\d+)\n$")
 
 # --------------------------------------------------------------------------
 # Servers
-
-class _EnvCtx:
-    """Stands in for the test's ctx when a server needs extra environment
-    variables; everything else is the ctx's."""
-
-    def __init__(self, ctx, extra):
-        self._ctx = ctx
-        self._extra = dict(extra)
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
-
-    def server_env(self):
-        env = self._ctx.server_env()
-        env.update(self._extra)
-        return env
-
 
 def url_of(srv_or_port):
     port = srv_or_port if isinstance(srv_or_port, int) else srv_or_port.port
@@ -77,7 +60,7 @@ def start_proxy(ctx, upstreams, workers=2, name="proxy", args=(), listen=None, e
     if env_listen:
         env["RINGLINE_PROXY_LISTEN"] = addr
         kw = {"listen": [], "probe": [addr]}
-    srv = Server(_EnvCtx(ctx, env), script=PROXY_LUA, name=name,
+    srv = Server(EnvCtx(ctx, env), script=PROXY_LUA, name=name,
                  args=["--workers", str(workers), *args], **kw)
     ctx.servers.append(srv)
     # Ready when it says so: a probe connection would itself make the proxy
@@ -91,7 +74,7 @@ def start_proxy(ctx, upstreams, workers=2, name="proxy", args=(), listen=None, e
 
 def start_upstream(ctx, script=ECHO_LUA, name=None, port=None, workers=1, env=None):
     listen = [url_of(port)] if port else None
-    c = _EnvCtx(ctx, env) if env else ctx
+    c = EnvCtx(ctx, env) if env else ctx
     srv = Server(c, script=script, name=name, listen=listen, args=["--workers", str(workers)])
     ctx.servers.append(srv)
     srv.start()

@@ -20,25 +20,9 @@ import statistics
 import subprocess
 import time
 
-from harness import ECHO_LUA, Server, check, connect, fail, wait_for
+from harness import EnvCtx, ECHO_LUA, Server, check, connect, fail, wait_for
 
 RESOLVE_LUA = "tests/scripts/resolve.lua"
-
-
-class _EnvCtx:
-    """The test's ctx with extra environment variables for the server."""
-
-    def __init__(self, ctx, extra):
-        self._ctx = ctx
-        self._extra = dict(extra)
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
-
-    def server_env(self):
-        env = self._ctx.server_env()
-        env.update(self._extra)
-        return env
 
 
 class _HostsServer(Server):
@@ -62,7 +46,7 @@ def start_resolver_server(ctx, delay_ms=0, name="resolve", hosts=None):
     cls = Server
     if hosts is not None:
         cls = type("HostsServer", (_HostsServer,), {"hosts_file": hosts})
-    srv = cls(_EnvCtx(ctx, env), script=RESOLVE_LUA, name=name,
+    srv = cls(EnvCtx(ctx, env), script=RESOLVE_LUA, name=name,
               args=["--workers", "1"])
     ctx.servers.append(srv)
     srv.start()

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from harness import (REPO, SCRIPTS, Server, check, connect, fail, read_until_closed, recv_exact,
+from harness import (EnvCtx, REPO, SCRIPTS, Server, check, connect, fail, read_until_closed, recv_exact,
                      wait_for)
 
 RESUME_LUA = f"{SCRIPTS}/resume.lua"
@@ -28,24 +28,8 @@ def _expect(sock, want, timeout, what):
     return got
 
 
-class _EnvCtx:
-    """The test's ctx with extra environment variables for a server."""
-
-    def __init__(self, ctx, extra):
-        self._ctx = ctx
-        self._extra = dict(extra)
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
-
-    def server_env(self):
-        env = self._ctx.server_env()
-        env.update(self._extra)
-        return env
-
-
 def _server(ctx, script, env=None, **kw):
-    srv = Server(_EnvCtx(ctx, env or {}), script=script, **kw)
+    srv = Server(EnvCtx(ctx, env or {}), script=script, **kw)
     ctx.servers.append(srv)
     srv.start()
     return srv
