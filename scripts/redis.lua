@@ -559,12 +559,17 @@ local function ttl_of(i)
   return t
 end
 
-local function ttl_generic(ms)
-  local t = ttl_of(2)
-  if t < 0 then return int(t) end
+-- A time in ms as the reply: as is, or in seconds rounded half up.
+local function int_ms_or_s(t, ms)
   if ms then return int(t) end
   if type(t) == "number" then return int(floor((t + 500) / 1000)) end
   int((t + 500) / 1000)
+end
+
+local function ttl_generic(ms)
+  local t = ttl_of(2)
+  if t < 0 then return int(t) end
+  int_ms_or_s(t, ms)
 end
 def("ttl", 2, "readonly fast", 1, 1, 1, "@keyspace @read @fast", function()
   ttl_generic(false)
@@ -576,10 +581,7 @@ end)
 local function expiretime_generic(ms)
   local t = ttl_of(2)
   if t < 0 then return int(t) end
-  local at = t + NOW
-  if ms then return int(at) end
-  if type(at) == "number" then return int(floor((at + 500) / 1000)) end
-  int((at + 500) / 1000)
+  int_ms_or_s(t + NOW, ms)
 end
 def("expiretime", 2, "readonly fast", 1, 1, 1, "@keyspace @read @fast", function()
   expiretime_generic(false)
