@@ -19,7 +19,9 @@ OPT ?= -O2
 CFLAGS ?= $(OPT) -g
 CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
+# Both expand when used, not when the Makefile is read: on a fresh machine
+# `make deps` installs the .pc files first.
+LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
 # Export our symbols: Lua finds the rl_* functions through ffi.C.
 EXPORT := -Wl,-E
 
@@ -58,7 +60,8 @@ install-pkgs:
 			--no-install-recommends $$missing; \
 	fi
 
-$(BUILD)/%.o: core/%.c $(HEADERS) | $(BUILD)
+# deps is order-only: under -j nothing compiles before the packages are in.
+$(BUILD)/%.o: core/%.c $(HEADERS) | $(BUILD) deps
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/ringline: $(BUILD)/main.o $(CORE_OBJS)
@@ -68,7 +71,7 @@ $(BUILD):
 	mkdir -p $@
 
 # The one place the FFI declarations come from: core/rl_api.h.
-$(CDEF): core/rl_api.h
+$(CDEF): core/rl_api.h | deps
 	{ echo '-- Generated from core/rl_api.h by the Makefile: do not edit.'; \
 	  echo 'local ffi = require "ffi"'; \
 	  echo 'ffi.cdef[['; \
