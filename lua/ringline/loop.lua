@@ -176,27 +176,31 @@ local function run(w, svc, script)
         now = now_ms()
         if n < 0 then return end
       else
-        local e = evs[i]
+        -- Events are read through evs[ei], never held as an `rl_event *`
+        -- local: a pointer in a local is boxed (one GC object per event)
+        -- wherever a side trace starts with it live.
+        local ei = i
         i = i + 1
-        local t = e.type
+        local t = evs[ei].type
         if t == EV_DATA then
-          local c = conns[e.conn]
-          if c and C.rl_rx_begin(w, e) == 0 then
+          local c = conns[evs[ei].conn]
+          if c and C.rl_rx_begin(w, evs + ei) == 0 then
             cur = c
             c._last = now
             local h = c._h
             local f = h and h.on_data or on_data
             repeat
-              local k = f(c, new_slice(e.ptr, e.len, e.bid))
+              local k = f(c, new_slice(evs[ei].ptr, evs[ei].len, evs[ei].bid))
               release()
               if k == nil then
-                k = e.len
+                k = evs[ei].len
               elseif type(k) ~= "number" or k < 0 then
                 bad_consumed(k)
               end
-            until C.rl_rx_consumed(w, e, k) ~= 1
+            until C.rl_rx_consumed(w, evs + ei, k) ~= 1
           end
         elseif t == EV_OPEN then
+          local e = evs[ei]
           local c = new_conn(e.conn, e.gen)
           c.listener = e.res + 1     -- which listen address, 1-based
           if on_eof then C.rl_conn_set_eof_event(w, e.conn, e.gen, 1) end
@@ -206,6 +210,7 @@ local function run(w, svc, script)
             release()
           end
         elseif t == EV_CLOSE then
+          local e = evs[ei]
           local c = conns[e.conn]
           if c and c._gen == e.gen then
             conns[e.conn] = nil
@@ -220,6 +225,7 @@ local function run(w, svc, script)
             end
           end
         elseif t == EV_CONNECT then
+          local e = evs[ei]
           local c = conns[e.conn]
           if c and c._gen == e.gen and c._h.on_open then
             cur = c
@@ -227,6 +233,7 @@ local function run(w, svc, script)
             release()
           end
         elseif t == EV_EOF or t == EV_DRAIN then
+          local e = evs[ei]
           local c = conns[e.conn]
           -- An EOF waits behind bytes left unconsumed while paused: it
           -- comes again once they have been offered after the resume.
