@@ -71,7 +71,7 @@ $(BUILD):
 	mkdir -p $@
 
 # The one place the FFI declarations come from: core/rl_api.h.
-$(CDEF): core/rl_api.h | deps
+$(CDEF): core/rl_api.h core/rl_dict.h | deps
 	{ echo '-- Generated from core/rl_api.h by the Makefile: do not edit.'; \
 	  echo 'local ffi = require "ffi"'; \
 	  echo 'ffi.cdef[['; \

@@ -102,6 +102,14 @@ int rl_rx_begin(rl_worker *w, rl_event *ev);
  * exceeding its unconsumed-bytes limit. */
 int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed);
 
+/* Before a batch is dispatched: every DATA event among ev[0..n) whose bytes
+ * begin with prefix (plen bytes) names a key, the bytes after the prefix up
+ * to a space, CR or LF; those keys are prefetched in the shared dictionary
+ * (rl_dict_prefetch), so that the batch's lookups overlap their cache
+ * misses.  A hint: reads only, changes nothing.  Returns the keys found. */
+int rl_worker_prefetch(rl_worker *w, const rl_event *ev, int n,
+		       const char *prefix, size_t plen);
+
 /* An EOF event is about to be reported.  Returns 0 to report it now, or -1
  * when the handler left bytes unconsumed while paused: the EOF is held back
  * and comes again as an EOF event once those bytes have been offered after

@@ -957,6 +957,65 @@ int rl_dict_get_cas(rl_dict *d, const void *key, size_t klen, int64_t now_ms,
 	return 0;
 }
 
+/* Lookups this many at a time: enough to keep the misses in flight. */
+enum { PREFETCH_GROUP = 16 };
+
+int rl_dict_prefetch(rl_dict *d, const uint8_t *const *keys,
+		     const uint32_t *lens, int n)
+{
+	struct key k[PREFETCH_GROUP];
+	struct stripe *s[PREFETCH_GROUP];
+	int found = 0;
+
+	for (int base = 0; base < n; base += PREFETCH_GROUP) {
+		int m = n - base < PREFETCH_GROUP ? n - base : PREFETCH_GROUP;
+
+		/* 1: hash every key and start the loads of their bucket
+		 * slots.  The table pointer is read without the lock: a
+		 * stale one only wastes the prefetch (prefetches do not
+		 * fault). */
+		for (int i = 0; i < m; i++) {
+			const struct table *t;
+
+			if (lens[base + i] > RL_DICT_KEY_MAX) {
+				s[i] = NULL;
+				continue;
+			}
+			s[i] = key_init(d, &k[i], keys[base + i], lens[base + i]);
+			t = &s[i]->t[0];
+			__builtin_prefetch(&__atomic_load_n(&t->b, __ATOMIC_RELAXED)
+				[k[i].hash & __atomic_load_n(&t->mask, __ATOMIC_RELAXED)]);
+		}
+		/* 2: under each stripe's lock (another worker may free what
+		 * the table points to otherwise), read the slot, now arriving,
+		 * and start the load of the first entry of its chain. */
+		for (int i = 0; i < m; i++) {
+			if (!s[i])
+				continue;
+			pthread_mutex_lock(&s[i]->lock);
+			__builtin_prefetch(*bucket(&s[i]->t[0], k[i].hash));
+			pthread_mutex_unlock(&s[i]->lock);
+		}
+		/* 3: find the entries, now arriving, and start the loads of
+		 * their values. */
+		for (int i = 0; i < m; i++) {
+			struct entry *e;
+
+			if (!s[i])
+				continue;
+			pthread_mutex_lock(&s[i]->lock);
+			e = find(s[i], &k[i]);
+			if (e) {
+				__builtin_prefetch(e->val);
+				__builtin_prefetch((char *)e->val + 64);
+				found++;
+			}
+			pthread_mutex_unlock(&s[i]->lock);
+		}
+	}
+	return found;
+}
+
 int rl_dict_get(rl_dict *d, const void *key, size_t klen, int64_t now_ms,
 		rl_blob **out)
 {

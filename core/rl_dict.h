@@ -119,6 +119,13 @@ int rl_dict_get(rl_dict *d, const void *key, size_t klen, int64_t now_ms,
 int rl_dict_get_cas(rl_dict *d, const void *key, size_t klen, int64_t now_ms,
 		    rl_blob **out, uint64_t *cas, uint32_t *flags32,
 		    int64_t *expire_at_ms);
+/* A hint that lookups of these n keys follow soon (keys[i], lens[i] bytes).
+ * Starts the loads of their buckets, entries and values together, so that
+ * the cache misses of a batch of lookups overlap instead of each lookup
+ * waiting for its own.  Changes nothing; a key that is absent, or changes
+ * meanwhile, costs only the wasted loads.  Returns how many were found. */
+int rl_dict_prefetch(rl_dict *d, const uint8_t *const *keys,
+		     const uint32_t *lens, int n);
 /* 1 deleted, 0 absent (or expired). */
 int rl_dict_del(rl_dict *d, const void *key, size_t klen, int64_t now_ms);
 /* 1 present, 0 absent. */

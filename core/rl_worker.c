@@ -1261,6 +1261,41 @@ rl_dict *rl_shared_dict(rl_worker *w)
 	return w->shared->dict;
 }
 
+int rl_worker_prefetch(rl_worker *w, const rl_event *ev, int n,
+		       const char *prefix, size_t plen)
+{
+	enum { GROUP = 32 };
+	const uint8_t *keys[GROUP];
+	uint32_t lens[GROUP];
+	int m = 0, found = 0;
+
+	/* The events' buffers are all still leased: nothing of the batch has
+	 * been dispatched (or released) yet. */
+	for (int i = 0; i < n; i++) {
+		const uint8_t *p, *q, *end;
+
+		if (ev[i].type != RL_EV_DATA || ev[i].len <= plen ||
+		    memcmp(ev[i].ptr, prefix, plen))
+			continue;
+		p = (const uint8_t *)ev[i].ptr + plen;
+		end = (const uint8_t *)ev[i].ptr + ev[i].len;
+		for (q = p; q < end && *q != ' ' && *q != '\r' && *q != '\n'; q++)
+			;
+		/* A key that runs to the end may go on in the next bytes. */
+		if (q == p || q == end)
+			continue;
+		keys[m] = p;
+		lens[m] = (uint32_t)(q - p);
+		if (++m == GROUP) {
+			found += rl_dict_prefetch(w->shared->dict, keys, lens, m);
+			m = 0;
+		}
+	}
+	if (m)
+		found += rl_dict_prefetch(w->shared->dict, keys, lens, m);
+	return found;
+}
+
 const rl_clock *rl_worker_clock(rl_worker *w)
 {
 	return &w->clock;

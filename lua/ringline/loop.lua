@@ -122,6 +122,7 @@ local function run(w, svc, script)
   local conns = connmod.live
   local on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
   local on_eof, on_drain = svc.on_eof, svc.on_drain
+  local prefetch = svc.prefetch
 
   local run_due, now_ms = timer.run_due, timer.now_ms
   timer.use_clock(C.rl_worker_clock(w))
@@ -154,6 +155,7 @@ local function run(w, svc, script)
     svc = new
     on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
     on_eof, on_drain = svc.on_eof, svc.on_drain
+    prefetch = svc.prefetch
     C.rl_worker_set_max_unconsumed(w, svc.max_unconsumed or 0)
     note_script_modules()
   end
@@ -175,6 +177,9 @@ local function run(w, svc, script)
         i = 0
         now = now_ms()
         if n < 0 then return end
+        if prefetch and n > 1 then
+          C.rl_worker_prefetch(w, evs, n, prefetch, #prefetch)
+        end
       else
         -- Events are read through evs[ei], never held as an `rl_event *`
         -- local: a pointer in a local is boxed (one GC object per event)

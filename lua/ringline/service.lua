@@ -36,6 +36,10 @@ function M.validate(svc, path)
   if m ~= nil and (type(m) ~= "number" or m < 1 or m % 1 ~= 0) then
     fail(path, "max_unconsumed must be a positive whole number of bytes")
   end
+  local pf = svc.prefetch
+  if pf ~= nil and (type(pf) ~= "string" or #pf == 0) then
+    fail(path, "prefetch must be a non-empty string (the bytes before a key)")
+  end
   return svc
 end
 

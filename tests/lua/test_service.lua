@@ -237,9 +237,16 @@ T.validate_returns_table = function()
   eq(service.validate(svc, "x.lua"), svc, "returns the same table")
   local full = {
     init = f, on_open = f, on_data = f, on_close = f, reload = f,
-    listen = "127.0.0.1:1", max_unconsumed = 1,
+    listen = "127.0.0.1:1", max_unconsumed = 1, prefetch = "get ",
   }
   eq(service.validate(full, "x.lua"), full)
+end
+
+T.validate_prefetch = function()
+  for _, bad in ipairs({ "", 1, true, {}, f }) do
+    invalid({ on_data = f, prefetch = bad },
+      "prefetch must be a non-empty string (the bytes before a key)")
+  end
 end
 
 T.validate_not_table = function()

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "rl_dict.h"
+#include "rl_worker.h"
 
 #define NOW 1700000000000LL     /* a fixed "unix ms" clock */
 
@@ -1093,6 +1094,78 @@ static void test_limits(void **state)
 
 /* One stripe, so its table grows many times and shrinks back; lookups stay
  * right while entries move between tables. */
+/* The prefetch hint finds the present keys and changes nothing. */
+static void test_prefetch(void **state)
+{
+	rl_dict *d = rl_dict_new(0, 4);
+	static uint8_t big[RL_DICT_KEY_MAX + 1];
+	const uint8_t *keys[40];
+	uint32_t lens[40];
+	char names[40][16];
+	rl_dict_stats st0, st1;
+	(void)state;
+
+	assert_non_null(d);
+	/* 40 keys, every third present: more than one group of lookups. */
+	for (int i = 0; i < 40; i++) {
+		snprintf(names[i], sizeof(names[i]), "pf%d", i);
+		if (i % 3 == 0)
+			put(d, names[i], "v", 0);
+		keys[i] = (const uint8_t *)names[i];
+		lens[i] = (uint32_t)strlen(names[i]);
+	}
+	keys[39] = big;              /* too long to be a key: skipped */
+	lens[39] = sizeof(big);
+	rl_dict_stats_get(d, &st0);
+	assert_int_equal(rl_dict_prefetch(d, keys, lens, 40), 13);
+	assert_int_equal(rl_dict_prefetch(d, keys, lens, 0), 0);
+	rl_dict_stats_get(d, &st1);
+	assert_int_equal(st1.hits, st0.hits);
+	assert_int_equal(st1.misses, st0.misses);
+	assert_int_equal(st1.keys, st0.keys);
+	assert_val_n(d, "pf3", 3, "v", 1, NOW);
+	rl_dict_free(d);
+}
+
+/* rl_worker_prefetch: which bytes of a batch name a key. */
+static void test_worker_prefetch(void **state)
+{
+	struct rl_shared sh;
+	struct rl_worker w;
+	rl_event ev[8];
+	const char *data[8] = {
+		"get k1\r\n",         /* found */
+		"get k2 k3\r\n",      /* k2: found (first key only) */
+		"get k3",             /* runs to the end: may go on, skipped */
+		"set k1 0 0 1\r\n",   /* other commands: skipped */
+		"get nope\r\n",       /* absent */
+		"get \r\n",           /* empty key: skipped */
+		"get k3\n",           /* LF ends a key too: found */
+		"get k1\r\n",         /* not DATA below: skipped */
+	};
+	(void)state;
+
+	memset(&sh, 0, sizeof(sh));
+	memset(&w, 0, sizeof(w));
+	sh.dict = rl_dict_new(0, 2);
+	assert_non_null(sh.dict);
+	w.shared = &sh;
+	put(sh.dict, "k1", "a", 0);
+	put(sh.dict, "k2", "b", 0);
+	put(sh.dict, "k3", "c", 0);
+	memset(ev, 0, sizeof(ev));
+	for (int i = 0; i < 8; i++) {
+		ev[i].type = RL_EV_DATA;
+		ev[i].ptr = (const uint8_t *)data[i];
+		ev[i].len = (uint32_t)strlen(data[i]);
+	}
+	ev[7].type = RL_EV_CLOSE;
+	assert_int_equal(rl_worker_prefetch(&w, ev, 8, "get ", 4), 3);
+	assert_int_equal(rl_worker_prefetch(&w, ev, 8, "gets ", 5), 0);
+	assert_int_equal(rl_worker_prefetch(&w, ev, 0, "get ", 4), 0);
+	rl_dict_free(sh.dict);
+}
+
 static void test_resize(void **state)
 {
 	rl_dict *d = rl_dict_new(0, 1);
@@ -1423,6 +1496,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_blob_refs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
 		cmocka_unit_test(test_resize),
+		cmocka_unit_test(test_prefetch),
+		cmocka_unit_test(test_worker_prefetch),
 		cmocka_unit_test(test_big_value_not_evicted_below_limit),
 		cmocka_unit_test_setup_teardown(test_threads_incr, setup, teardown),
 		cmocka_unit_test(test_threads_mixed),
