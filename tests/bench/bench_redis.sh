@@ -102,7 +102,7 @@ label_of() {
     esac
 }
 
-declare -A RPS
+declare -A RPS PERCORE
 FAILED=0
 DISTURBED=0
 
@@ -130,6 +130,18 @@ run_one() {
         local other
         other=$(other_pct "$((k1 - k0))" "$((s1 - s0))" "$((t1 - t0))")
         note="core $SERVER_CPU: $(pct "$((b1 - b0))" "$((t1 - t0))")% busy, others ${other}%"
+        # Per core: the run's requests (every test) per second of the
+        # server's own CPU time; the best run is kept.
+        local ntests percore
+        ntests=$(awk -F, '{ print NF }' <<<"$TESTS")
+        percore=$(awk -v n="$((REQUESTS * ntests))" -v t="$((s1 - s0))" -v hz="$CLK_TCK" \
+            'BEGIN { if (t > 0) printf "%.0f", n / (t / hz) }')
+        if [[ -n $percore ]]; then
+            note+=", $percore req per CPU-second"
+            if [[ -z ${PERCORE[$kind|$depth]:-} ]] || float_gt "$percore" "${PERCORE[$kind|$depth]}"; then
+                PERCORE[$kind|$depth]=$percore
+            fi
+        fi
         if [[ $other -gt 10 ]]; then
             note+=" (DISTURBED)"
             DISTURBED=1
@@ -199,6 +211,16 @@ for depth in "${DEPTHS[@]}"; do
         printf '%-6s %-5s %14s %14s %14s %9s %9s  %s\n' "$T" "$depth" "${rs:--}" "${r1:--}" "${r2:--}" \
             "$(ratio "$r1" "$rs" x)" "$(ratio "$r2" "$rs" x)" "$met"
     done
+done
+echo
+echo "per core: requests (all tests of a run) per second of the server's own CPU time, best run;"
+echo "  the measure that counts when the server does not saturate its core (redis-benchmark"
+echo "  on one core is often the limit against ringline)"
+printf '%-5s %14s %14s %9s\n' "-P" "redis-server" "ringline -w1" "w1/redis"
+for depth in "${DEPTHS[@]}"; do
+    pr=${PERCORE["redis|$depth"]:-}
+    p1=${PERCORE["ringline1|$depth"]:-}
+    printf '%-5s %14s %14s %9s\n' "$depth" "${pr:--}" "${p1:--}" "$(ratio "$p1" "$pr" x)"
 done
 echo
 [[ $WORKERS2 != 1 ]] || echo "bench_redis: ringline -w2 runs unpinned, sharing both cores with redis-benchmark"
