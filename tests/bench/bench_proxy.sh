@@ -186,7 +186,7 @@ start_proxy() {
     fi
 }
 
-declare -A SET_RPS SET_P99 GET_RPS GET_P99 R_CPU BULK BULK_CPU
+declare -A SET_RPS SET_P99 GET_RPS GET_P99 R_CPU R_PERCORE BULK BULK_CPU
 
 # (a) redis-benchmark against port $2, row $1; keeps the best SET+GET rps.
 # shellcheck disable=SC2317  # called through run_through
@@ -213,6 +213,10 @@ run_redis() {
             "$(awk -v a="${SET_RPS[$row]}" -v b="${GET_RPS[$row]}" 'BEGIN { print a + b }')"; then
         SET_RPS[$row]=$srps SET_P99[$row]=$sp99 GET_RPS[$row]=$grps GET_P99[$row]=$gp99
         R_CPU[$row]=$(pct $((b1 - b0)) $((t1 - t0)))
+        # Per core: the run's requests (SET and GET) per second of the
+        # proxy core's busy time, the proxy's own cost per request.
+        R_PERCORE[$row]=$(awk -v n="$((2 * REDIS_N))" -v b="$((b1 - b0))" -v hz="$CLK_TCK" \
+            'BEGIN { if (b > 0) printf "%.0f", n / (b / hz) }')
     fi
 }
 
@@ -338,6 +342,12 @@ if [[ $HAVE_HAPROXY -eq 1 && " ${ACTIVE[*]} " == *" ringline "* ]]; then
             printf '  redis %s: throughput %sx, p99 %s ms vs %s ms (ratio %s) -> target %s\n' \
                 "$t" "$(ratio "$rr" "$hr" "" n/a)" "$rp" "$hp" "$(ratio "$rp" "$hp" "" n/a)" "$verdict"
         done
+        if [[ -n ${R_PERCORE[ringline]:-} && -n ${R_PERCORE[haproxy]:-} ]]; then
+            printf '  redis per proxy core: %s vs %s requests per busy second of core %s (%sx)\n' \
+                "${R_PERCORE[ringline]}" "${R_PERCORE[haproxy]}" "$PROXY_CPU" \
+                "$(ratio "${R_PERCORE[ringline]}" "${R_PERCORE[haproxy]}" "" n/a)"
+            echo "             (informational: core $LOAD_CPU, client and upstream, bounds the rates)"
+        fi
     fi
     if [[ -n ${BULK[ringline]:-} && -n ${BULK[haproxy]:-} ]]; then
         verdict="met"
