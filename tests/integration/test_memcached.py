@@ -596,6 +596,87 @@ def test_memcached_concurrent_incr(ctx):
     rl.assert_alive()
 
 
+def test_memcached_concurrent_gets_prefetched(ctx):
+    """Many connections' gets land in one poll's batch, so the dictionary
+    prefetch (prefetch = "get ") runs ahead of them: every reply must be
+    exact while other connections delete and rewrite the same keys, and
+    gets split mid-key (the key runs to the end of a buffer) or naming
+    several keys must be answered as usual."""
+    rl = start_ringline(ctx, workers=1)
+    port = port_of(rl)
+    n_keys = 200
+    for k in range(n_keys):
+        check(command(port, b"set pf%d 7 0 %d\r\nv%d\r\n" % (k, len(b"v%d" % k), k))
+              == b"STORED\r\n", f"set pf{k}")
+    n_conns, per_conn = 40, 150
+    errors = []
+
+    def want(k):
+        v = b"v%d" % k
+        return b"VALUE pf%d 7 %d\r\n%s\r\n" % (k, len(v), v)
+
+    def worker(i):
+        rng = random.Random(i)
+        try:
+            s = connect((socket.AF_INET, ("127.0.0.1", port)), 10 * ctx.factor)
+            f = s.makefile("rb")
+            for _ in range(per_conn):
+                k = rng.randrange(n_keys)
+                if i % 10 == 9:
+                    # A writer: delete and put back the keys the readers get.
+                    s.sendall(b"delete pf%d\r\n" % k)
+                    line = f.readline()
+                    if line not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):
+                        errors.append(f"conn {i}: delete: {line!r}")
+                        break
+                    s.sendall(b"set pf%d 7 0 %d\r\nv%d\r\n" % (k, len(b"v%d" % k), k))
+                    line = f.readline()
+                    if line != b"STORED\r\n":
+                        errors.append(f"conn {i}: set: {line!r}")
+                        break
+                    continue
+                k2 = rng.randrange(n_keys)
+                req = b"get pf%d pf%d\r\n" % (k, k2) if i % 3 == 0 else b"get pf%d\r\n" % k
+                if i % 4 == 1:
+                    # Split inside the key: the first piece ends mid-key.
+                    s.sendall(req[:6])
+                    time.sleep(0.001)
+                    s.sendall(req[6:])
+                else:
+                    s.sendall(req)
+                got = b""
+                while not got.endswith(b"END\r\n"):
+                    line = f.readline()
+                    if not line:
+                        break
+                    got += line
+                keys = [k, k2] if i % 3 == 0 else [k]
+                # A writer may have the key deleted at this instant.
+                ok = all(want(x) in got or got.count(b"VALUE") < len(keys) for x in keys)
+                if not got.endswith(b"END\r\n") or not ok or b"ERROR" in got:
+                    errors.append(f"conn {i}: {req!r} -> {got!r}")
+                    break
+                for part in got.split(b"VALUE ")[1:]:
+                    head = part.split(b"\r\n", 1)[0]
+                    kk = int(head.split(b" ")[0][2:])
+                    if b"VALUE " + part.split(b"END\r\n")[0] != want(kk):
+                        errors.append(f"conn {i}: wrong value for pf{kk}: {got!r}")
+                        break
+            s.close()
+        except Exception as e:     # noqa: BLE001 - reported below
+            errors.append(f"conn {i}: {e!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60 * ctx.factor)
+    check(not errors, f"get clients failed: {errors[:5]}")
+    for k in range(n_keys):
+        check(command(port, b"get pf%d\r\n" % k) == want(k) + b"END\r\n", f"pf{k} at the end")
+    rl.assert_alive()
+
+
 def _value(tag, n):
     """n bytes made of one 16-byte unit that names itself: a reader can tell
     a whole value from a torn or foreign one."""
