@@ -1272,17 +1272,25 @@ int rl_worker_prefetch(rl_worker *w, const rl_event *ev, int n,
 	/* The events' buffers are all still leased: nothing of the batch has
 	 * been dispatched (or released) yet. */
 	for (int i = 0; i < n; i++) {
-		const uint8_t *p, *q, *end;
+		const uint8_t *p, *q, *sp, *end;
 
 		if (ev[i].type != RL_EV_DATA || ev[i].len <= plen ||
 		    memcmp(ev[i].ptr, prefix, plen))
 			continue;
 		p = (const uint8_t *)ev[i].ptr + plen;
 		end = (const uint8_t *)ev[i].ptr + ev[i].len;
-		for (q = p; q < end && *q != ' ' && *q != '\r' && *q != '\n'; q++)
-			;
-		/* A key that runs to the end may go on in the next bytes. */
-		if (q == p || q == end)
+		/* The key ends at a space, CR or LF: find the line's LF, then
+		 * a space before it (memchr twice beats a loop over three
+		 * bytes).  No LF: the key may go on in the next bytes. */
+		q = memchr(p, '\n', (size_t)(end - p));
+		if (!q)
+			continue;
+		sp = memchr(p, ' ', (size_t)(q - p));
+		if (sp)
+			q = sp;
+		else if (q > p && q[-1] == '\r')
+			q--;
+		if (q == p)
 			continue;
 		keys[m] = p;
 		lens[m] = (uint32_t)(q - p);
