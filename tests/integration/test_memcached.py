@@ -551,40 +551,50 @@ def test_memcached_stats(ctx):
 # --------------------------------------------------------------------------
 # Concurrency
 
+def run_clients(ctx, n_conns, client, what, timeout=60):
+    """client(i) for i in range(n_conns), each in its own thread, all at
+    once; a client reports a problem by raising.  Fails with the first
+    few problems."""
+    errors = []
+
+    def run(i):
+        try:
+            client(i)
+        except Exception as e:     # noqa: BLE001 - reported below
+            errors.append(f"conn {i}: {e}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout * ctx.factor)
+    check(not errors, f"{len(errors)} {what} failed: {errors[:5]}")
+
+
 def test_memcached_concurrent_incr(ctx):
     rl = start_ringline(ctx)
     port = port_of(rl)
     check(command(port, b"set counter 0 0 1\r\n0\r\n") == b"STORED\r\n", "set counter")
     n_conns, per_conn = 50, 200
-    errors = []
 
     def worker(i):
-        try:
-            s = connect((socket.AF_INET, ("127.0.0.1", port)), 10 * ctx.factor)
-            f = s.makefile("rb")
-            if i % 2:
-                # Pipelined, no replies, then a barrier.
-                s.sendall(b"incr counter 1 noreply\r\n" * per_conn + b"version\r\n")
+        s = connect((socket.AF_INET, ("127.0.0.1", port)), 10 * ctx.factor)
+        f = s.makefile("rb")
+        if i % 2:
+            # Pipelined, no replies, then a barrier.
+            s.sendall(b"incr counter 1 noreply\r\n" * per_conn + b"version\r\n")
+            line = f.readline()
+            if not line.startswith(b"VERSION"):
+                raise AssertionError(f"reply {line!r}")
+        else:
+            for _ in range(per_conn):
+                s.sendall(b"incr counter 1\r\n")
                 line = f.readline()
-                if not line.startswith(b"VERSION"):
-                    errors.append(f"conn {i}: {line!r}")
-            else:
-                for _ in range(per_conn):
-                    s.sendall(b"incr counter 1\r\n")
-                    line = f.readline()
-                    if not line.rstrip().isdigit():
-                        errors.append(f"conn {i}: {line!r}")
-                        break
-            s.close()
-        except Exception as e:     # noqa: BLE001 - reported below
-            errors.append(f"conn {i}: {e!r}")
+                if not line.rstrip().isdigit():
+                    raise AssertionError(f"reply {line!r}")
+        s.close()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60 * ctx.factor)
-    check(not errors, f"incr clients failed: {errors[:5]}")
+    run_clients(ctx, n_conns, worker, "incr clients")
     want = n_conns * per_conn
     r = command(port, b"get counter\r\n")
     check(r == b"VALUE counter 0 %d\r\n%d\r\nEND\r\n" % (len(str(want)), want),
@@ -609,7 +619,6 @@ def test_memcached_concurrent_gets_prefetched(ctx):
         check(command(port, b"set pf%d 7 0 %d\r\nv%d\r\n" % (k, len(b"v%d" % k), k))
               == b"STORED\r\n", f"set pf{k}")
     n_conns, per_conn = 40, 150
-    errors = []
 
     def want(k):
         v = b"v%d" % k
@@ -617,61 +626,49 @@ def test_memcached_concurrent_gets_prefetched(ctx):
 
     def worker(i):
         rng = random.Random(i)
-        try:
-            s = connect((socket.AF_INET, ("127.0.0.1", port)), 10 * ctx.factor)
-            f = s.makefile("rb")
-            for _ in range(per_conn):
-                k = rng.randrange(n_keys)
-                if i % 10 == 9:
-                    # A writer: delete and put back the keys the readers get.
-                    s.sendall(b"delete pf%d\r\n" % k)
-                    line = f.readline()
-                    if line not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):
-                        errors.append(f"conn {i}: delete: {line!r}")
-                        break
-                    s.sendall(b"set pf%d 7 0 %d\r\nv%d\r\n" % (k, len(b"v%d" % k), k))
-                    line = f.readline()
-                    if line != b"STORED\r\n":
-                        errors.append(f"conn {i}: set: {line!r}")
-                        break
-                    continue
-                k2 = rng.randrange(n_keys)
-                req = b"get pf%d pf%d\r\n" % (k, k2) if i % 3 == 0 else b"get pf%d\r\n" % k
-                if i % 4 == 1:
-                    # Split inside the key: the first piece ends mid-key.
-                    s.sendall(req[:6])
-                    time.sleep(0.001)
-                    s.sendall(req[6:])
-                else:
-                    s.sendall(req)
-                got = b""
-                while not got.endswith(b"END\r\n"):
-                    line = f.readline()
-                    if not line:
-                        break
-                    got += line
-                keys = [k, k2] if i % 3 == 0 else [k]
-                # A writer may have the key deleted at this instant.
-                ok = all(want(x) in got or got.count(b"VALUE") < len(keys) for x in keys)
-                if not got.endswith(b"END\r\n") or not ok or b"ERROR" in got:
-                    errors.append(f"conn {i}: {req!r} -> {got!r}")
+        s = connect((socket.AF_INET, ("127.0.0.1", port)), 10 * ctx.factor)
+        f = s.makefile("rb")
+        for _ in range(per_conn):
+            k = rng.randrange(n_keys)
+            if i % 10 == 9:
+                # A writer: delete and put back the keys the readers get.
+                s.sendall(b"delete pf%d\r\n" % k)
+                line = f.readline()
+                if line not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):
+                    raise AssertionError(f"delete: {line!r}")
+                s.sendall(b"set pf%d 7 0 %d\r\nv%d\r\n" % (k, len(b"v%d" % k), k))
+                line = f.readline()
+                if line != b"STORED\r\n":
+                    raise AssertionError(f"set: {line!r}")
+                continue
+            k2 = rng.randrange(n_keys)
+            req = b"get pf%d pf%d\r\n" % (k, k2) if i % 3 == 0 else b"get pf%d\r\n" % k
+            if i % 4 == 1:
+                # Split inside the key: the first piece ends mid-key.
+                s.sendall(req[:6])
+                time.sleep(0.001)
+                s.sendall(req[6:])
+            else:
+                s.sendall(req)
+            got = b""
+            while not got.endswith(b"END\r\n"):
+                line = f.readline()
+                if not line:
                     break
-                for part in got.split(b"VALUE ")[1:]:
-                    head = part.split(b"\r\n", 1)[0]
-                    kk = int(head.split(b" ")[0][2:])
-                    if b"VALUE " + part.split(b"END\r\n")[0] != want(kk):
-                        errors.append(f"conn {i}: wrong value for pf{kk}: {got!r}")
-                        break
-            s.close()
-        except Exception as e:     # noqa: BLE001 - reported below
-            errors.append(f"conn {i}: {e!r}")
+                got += line
+            keys = [k, k2] if i % 3 == 0 else [k]
+            # A writer may have the key deleted at this instant.
+            ok = all(want(x) in got or got.count(b"VALUE") < len(keys) for x in keys)
+            if not got.endswith(b"END\r\n") or not ok or b"ERROR" in got:
+                raise AssertionError(f"{req!r} -> {got!r}")
+            for part in got.split(b"VALUE ")[1:]:
+                head = part.split(b"\r\n", 1)[0]
+                kk = int(head.split(b" ")[0][2:])
+                if b"VALUE " + part.split(b"END\r\n")[0] != want(kk):
+                    raise AssertionError(f"wrong value for pf{kk}: {got!r}")
+        s.close()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60 * ctx.factor)
-    check(not errors, f"get clients failed: {errors[:5]}")
+    run_clients(ctx, n_conns, worker, "get clients")
     for k in range(n_keys):
         check(command(port, b"get pf%d\r\n" % k) == want(k) + b"END\r\n", f"pf{k} at the end")
     rl.assert_alive()
@@ -702,55 +699,42 @@ def test_memcached_concurrent_big_values(ctx):
     rl = start_ringline(ctx)
     port = port_of(rl)
     keys = [b"big%d" % i for i in range(4)]
-    errors = []
     n_conns, n_ops = 16, int(150 * ctx.volume)
 
     def worker(i):
         rng = random.Random(ctx.seed ^ (i * 7919))
-        try:
-            s = connect((socket.AF_INET, ("127.0.0.1", port)), 10 * ctx.factor)
-            f = s.makefile("rb")
-            for _ in range(n_ops):
-                k = rng.choice(keys)
-                r = rng.random()
-                if r < 0.35:
-                    v = _value(rng.getrandbits(32), rng.choice([9000, 30000, 100000, 400000]))
-                    s.sendall(b"set %s 0 0 %d\r\n" % (k, len(v)) + v + b"\r\n")
+        s = connect((socket.AF_INET, ("127.0.0.1", port)), 10 * ctx.factor)
+        f = s.makefile("rb")
+        for _ in range(n_ops):
+            k = rng.choice(keys)
+            r = rng.random()
+            if r < 0.35:
+                v = _value(rng.getrandbits(32), rng.choice([9000, 30000, 100000, 400000]))
+                s.sendall(b"set %s 0 0 %d\r\n" % (k, len(v)) + v + b"\r\n")
+                line = f.readline()
+                if line != b"STORED\r\n":
+                    raise AssertionError(f"set: {line!r}")
+            elif r < 0.45:
+                s.sendall(b"delete %s\r\n" % k)
+                line = f.readline()
+                if line not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):
+                    raise AssertionError(f"delete: {line!r}")
+            else:
+                s.sendall(b"get %s %s\r\n" % (k, rng.choice(keys)))
+                while True:
                     line = f.readline()
-                    if line != b"STORED\r\n":
-                        errors.append(f"conn {i}: set: {line!r}")
-                        return
-                elif r < 0.45:
-                    s.sendall(b"delete %s\r\n" % k)
-                    line = f.readline()
-                    if line not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):
-                        errors.append(f"conn {i}: delete: {line!r}")
-                        return
-                else:
-                    s.sendall(b"get %s %s\r\n" % (k, rng.choice(keys)))
-                    while True:
-                        line = f.readline()
-                        if line == b"END\r\n":
-                            break
-                        parts = line.split()
-                        if len(parts) != 4 or parts[0] != b"VALUE":
-                            errors.append(f"conn {i}: get: {line[:80]!r}")
-                            return
-                        v = f.read(int(parts[3]) + 2)
-                        if not v.endswith(b"\r\n") or not _whole(v[:-2]):
-                            errors.append(f"conn {i}: torn value for {parts[1]!r}: "
-                                          f"{v[:40]!r}...{v[-40:]!r}")
-                            return
-            s.close()
-        except Exception as e:     # noqa: BLE001 - reported below
-            errors.append(f"conn {i}: {e!r}")
+                    if line == b"END\r\n":
+                        break
+                    parts = line.split()
+                    if len(parts) != 4 or parts[0] != b"VALUE":
+                        raise AssertionError(f"get: {line[:80]!r}")
+                    v = f.read(int(parts[3]) + 2)
+                    if not v.endswith(b"\r\n") or not _whole(v[:-2]):
+                        raise AssertionError(f"torn value for {parts[1]!r}: "
+                                             f"{v[:40]!r}...{v[-40:]!r}")
+        s.close()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120 * ctx.factor)
-    check(not errors, f"{len(errors)} clients failed: {errors[:5]}")
+    run_clients(ctx, n_conns, worker, "clients", timeout=120)
     rl.assert_alive()
 
 
