@@ -18,7 +18,9 @@
 # core's busy share is then exactly the proxy's cost, both proxies face the
 # same client + upstream pair, and "proxy core %" shows whether the proxy
 # or the shared core was the bottleneck.  Direct runs (no proxy) show what
-# core 1 alone can do.
+# core 1 alone can do.  On a machine with a third core, BENCH_UPSTREAM_CPU
+# gives the upstream its own core: then the proxy, not the shared core, is
+# what the redis rates measure.
 #
 # Target: ringline >= 1.0x HAProxy's throughput with a lower p99.  Printed,
 # never enforced: the exit status is 1 only when a run could not be done.
@@ -28,6 +30,7 @@
 #   BENCH_REPEAT=1                   rounds; proxies alternate, best kept
 #   BENCH_REDIS_N=400000             redis-benchmark -n
 #   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1
+#   BENCH_UPSTREAM_CPU=BENCH_LOAD_CPU  the upstreams' core
 #   BENCH_PORT_BASE=17500            first port tried
 #   BENCH_PROXIES="haproxy ringline" which proxies to run
 #   RINGLINE=BUILD_DIR/ringline      ringline binary
@@ -45,6 +48,7 @@ REPEAT=${BENCH_REPEAT:-1}
 REDIS_N=${BENCH_REDIS_N:-400000}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
+UPSTREAM_CPU=${BENCH_UPSTREAM_CPU:-$LOAD_CPU}
 PORT=${BENCH_PORT_BASE:-17500}
 read -ra PROXIES <<<"${BENCH_PROXIES:-haproxy ringline}"
 RINGLINE=${RINGLINE:-$BUILD/ringline}
@@ -61,6 +65,7 @@ is_num "$WARMUP" || die "BENCH_WARMUP must be a number, got '$WARMUP'"
 is_int "$REPEAT" || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
 is_int "$REDIS_N" || die "BENCH_REDIS_N must be a positive integer, got '$REDIS_N'"
 check_cores "$PROXY_CPU" "$LOAD_CPU" "proxy and load"
+check_cores "$PROXY_CPU" "$UPSTREAM_CPU" "proxy and upstream"
 command -v taskset >/dev/null || die "taskset not found (apt-get install util-linux)"
 [[ -x $RINGLINE ]] || die "missing $RINGLINE (run make first)"
 [[ -f scripts/proxy.lua ]] || die "missing $REPO/scripts/proxy.lua"
@@ -121,19 +126,19 @@ stop_bg() {
 
 FAILED=0
 
-# -- Upstreams (core LOAD_CPU) -------------------------------------------------
+# -- Upstreams (core UPSTREAM_CPU) ---------------------------------------------
 REDIS_PORT=""
 if [[ $HAVE_REDIS -eq 1 ]]; then
     next_port
     REDIS_PORT=$PORT
-    start_bg "$LOAD_CPU" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+    start_bg "$UPSTREAM_CPU" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
         --save '' --appendonly no --dir "$TMP" --daemonize no
     REDIS_PID=$BG_PID
     wait_ready "$REDIS_PID" "$REDIS_PORT" || { tail -n 20 "$TMP/redis.log" >&2; die "redis-server did not start"; }
 fi
 next_port
 ECHO_PORT=$PORT
-start_bg "$LOAD_CPU" "$TMP/echo.log" "$EPOLL" "$ECHO_PORT"
+start_bg "$UPSTREAM_CPU" "$TMP/echo.log" "$EPOLL" "$ECHO_PORT"
 ECHO_PID=$BG_PID
 wait_ready "$ECHO_PID" "$ECHO_PORT" || { tail -n 20 "$TMP/echo.log" >&2; die "epoll_echo did not start"; }
 
@@ -269,9 +274,13 @@ echo "commit:    $(git_commit)"
 echo "ringline:  $("$RINGLINE" --version 2>&1 | head -n1)"
 [[ $HAVE_HAPROXY -eq 0 ]] || echo "haproxy:   $(haproxy -v 2>&1 | head -n1)"
 [[ $HAVE_REDIS -eq 0 ]] || echo "redis:     $(redis-server --version | head -n1)"
-echo "pinning:   proxy alone on core $PROXY_CPU; load generator + upstream share core $LOAD_CPU"
-echo "           (2 cores: the proxy's core busy share is its whole cost; both proxies"
-echo "           face the same client and upstream; 'direct' = no proxy)"
+if [[ $UPSTREAM_CPU == "$LOAD_CPU" ]]; then
+    echo "pinning:   proxy alone on core $PROXY_CPU; load generator + upstream share core $LOAD_CPU"
+    echo "           (2 cores: the proxy's core busy share is its whole cost; both proxies"
+    echo "           face the same client and upstream; 'direct' = no proxy)"
+else
+    echo "pinning:   proxy on core $PROXY_CPU, load generator on core $LOAD_CPU, upstream on core $UPSTREAM_CPU"
+fi
 echo "settings:  (a) redis-benchmark -c $REDIS_CLIENTS -n $REDIS_N -P $REDIS_PIPELINE -t set,get --csv"
 echo "           (b) echo_load --size $BULK_SIZE --depth $BULK_DEPTH --conns $BULK_CONNS" \
     "--duration $DURATION --warmup $WARMUP, upstream epoll_echo"
@@ -346,7 +355,8 @@ if [[ $HAVE_HAPROXY -eq 1 && " ${ACTIVE[*]} " == *" ringline "* ]]; then
             printf '  redis per proxy core: %s vs %s requests per busy second of core %s (%sx)\n' \
                 "${R_PERCORE[ringline]}" "${R_PERCORE[haproxy]}" "$PROXY_CPU" \
                 "$(ratio "${R_PERCORE[ringline]}" "${R_PERCORE[haproxy]}" "" n/a)"
-            echo "             (informational: core $LOAD_CPU, client and upstream, bounds the rates)"
+            [[ $UPSTREAM_CPU != "$LOAD_CPU" ]] ||
+                echo "             (informational: core $LOAD_CPU, client and upstream, bounds the rates)"
         fi
     fi
     if [[ -n ${BULK[ringline]:-} && -n ${BULK[haproxy]:-} ]]; then
