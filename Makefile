@@ -70,7 +70,8 @@ $(BUILD)/ringline: $(BUILD)/main.o $(CORE_OBJS)
 $(BUILD):
 	mkdir -p $@
 
-# The one place the FFI declarations come from: core/rl_api.h.
+# The one place the FFI declarations come from: core/rl_api.h (and the
+# rl_dict.h it includes).
 $(CDEF): core/rl_api.h core/rl_dict.h | deps
 	{ echo '-- Generated from core/rl_api.h by the Makefile: do not edit.'; \
 	  echo 'local ffi = require "ffi"'; \

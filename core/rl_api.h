@@ -105,9 +105,10 @@ int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed);
 /* Before a batch is dispatched: every DATA event among ev[0..n) whose bytes
  * begin with prefix (plen bytes) names a key, the bytes after the prefix up
  * to the first space or to the end of the line (LF or CR LF; a line not
- * yet complete names none); those keys are prefetched in the shared dictionary
- * (rl_dict_prefetch), so that the batch's lookups overlap their cache
- * misses.  A hint: reads only, changes nothing.  Returns the keys found. */
+ * yet complete names none); those keys are prefetched in the shared
+ * dictionary (rl_dict_prefetch), so that the batch's lookups overlap their
+ * cache misses.  A hint: reads only, changes nothing.  Returns the keys
+ * found. */
 int rl_worker_prefetch(rl_worker *w, const rl_event *ev, int n,
 		       const char *prefix, size_t plen);
 
