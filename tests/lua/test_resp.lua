@@ -224,18 +224,25 @@ T.huge_declared_sizes_allocate_nothing = function()
   }
   for _, c in ipairs(cases) do
     local s = mk(c[1])
-    collectgarbage()
-    collectgarbage("stop")
-    local before = collectgarbage("count")
-    local r = R.parse_command(s, 0, cmd)
-    local grown = collectgarbage("count") - before
-    collectgarbage("restart")
-    if c[2] then
-      eq(r, -2, "result for " .. show(c[1]:sub(1, 40)))
-      eq(cmd.want, c[2], "want for " .. show(c[1]:sub(1, 40)))
-    else
-      eq(r, -1, "result for " .. show(c[1]))
-      eq(cmd.err, E_BULK)
+    -- Up to 5 tries: a parse can coincide with the string table growing
+    -- or a trace being compiled (tens of KiB, seen in CI once); buffering
+    -- the declared size would be hundreds of MiB every time.
+    local grown
+    for _ = 1, 5 do
+      collectgarbage()
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      local r = R.parse_command(s, 0, cmd)
+      grown = collectgarbage("count") - before
+      collectgarbage("restart")
+      if c[2] then
+        eq(r, -2, "result for " .. show(c[1]:sub(1, 40)))
+        eq(cmd.want, c[2], "want for " .. show(c[1]:sub(1, 40)))
+      else
+        eq(r, -1, "result for " .. show(c[1]))
+        eq(cmd.err, E_BULK)
+      end
+      if grown <= 16 then break end
     end
     if grown > 16 then
       error(("%.2f KiB allocated for %s"):format(grown, show(c[1]:sub(1, 40))))
