@@ -17,7 +17,8 @@
 #   BENCH_DEPTH=16         requests per write in the pipelined mode
 #   BENCH_SERVERS="ringline nginx-lua nginx-return"
 #   BENCH_MODES="plain pipelined"
-#   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   cores for the server and for wrk
+#   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   cores for the server and for wrk; the
+#                          client may be a list (BENCH_THREADS=3 BENCH_CLIENT_CPU=1-3)
 #   BENCH_PORT_BASE=17400  first port tried; each run gets a fresh free one
 #   BENCH_STRICT=0         1: exit 1 when a target is not met
 #   RINGLINE=BUILD_DIR/ringline   RINGLINE_ARGS=""   extra ringline options

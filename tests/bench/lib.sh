@@ -57,12 +57,21 @@ check_modes() {
 # Sets NCPU; dies unless cores $1 and $2 exist; warns when they are the same
 # core ($3 names the two, e.g. "server and wrk").
 check_cores() {
-    local c
+    local c list=()
     NCPU=$(nproc)
-    for c in "$1" "$2"; do
-        [[ $c =~ ^[0-9]+$ && $c -lt $NCPU ]] || die "core $c not available (nproc=$NCPU)"
+    [[ $1 =~ ^[0-9]+$ && $1 -lt $NCPU ]] || die "core $1 not available (nproc=$NCPU)"
+    # The second may be a taskset list ("1-3", "1,3"): a load generator
+    # with threads on several cores, where the machine has them.
+    [[ $2 =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] || die "bad core list '$2'"
+    IFS=, read -ra list <<<"$2"
+    for c in "${list[@]}"; do
+        local lo=${c%-*} hi=${c#*-} i
+        [[ $lo -le $hi ]] || die "bad core range '$c'"
+        for ((i = lo; i <= hi; i++)); do
+            [[ $i -lt $NCPU ]] || die "core $i not available (nproc=$NCPU)"
+            [[ $i != "$1" ]] || warn "warning: $3 share core $1"
+        done
     done
-    [[ $1 != "$2" ]] || warn "warning: $3 share core $1"
 }
 
 # -- Ports -----------------------------------------------------------------------
