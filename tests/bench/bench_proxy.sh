@@ -220,8 +220,7 @@ run_redis() {
         R_CPU[$row]=$(pct $((b1 - b0)) $((t1 - t0)))
         # Per core: the run's requests (SET and GET) per second of the
         # proxy core's busy time, the proxy's own cost per request.
-        R_PERCORE[$row]=$(awk -v n="$((2 * REDIS_N))" -v b="$((b1 - b0))" -v hz="$CLK_TCK" \
-            'BEGIN { if (b > 0) printf "%.0f", n / (b / hz) }')
+        R_PERCORE[$row]=$(per_cpu_ticks "$((2 * REDIS_N))" "$((b1 - b0))")
     fi
 }
 
@@ -351,7 +350,10 @@ if [[ $HAVE_HAPROXY -eq 1 && " ${ACTIVE[*]} " == *" ringline "* ]]; then
             printf '  redis %s: throughput %sx, p99 %s ms vs %s ms (ratio %s) -> target %s\n' \
                 "$t" "$(ratio "$rr" "$hr" "" n/a)" "$rp" "$hp" "$(ratio "$rp" "$hp" "" n/a)" "$verdict"
         done
-        if [[ -n ${R_PERCORE[ringline]:-} && -n ${R_PERCORE[haproxy]:-} ]]; then
+        # Not when the upstream shares the proxy's core: its busy time
+        # would count as the proxy's.
+        if [[ $UPSTREAM_CPU != "$PROXY_CPU" && -n ${R_PERCORE[ringline]:-} &&
+              -n ${R_PERCORE[haproxy]:-} ]]; then
             printf '  redis per proxy core: %s vs %s requests per busy second of core %s (%sx)\n' \
                 "${R_PERCORE[ringline]}" "${R_PERCORE[haproxy]}" "$PROXY_CPU" \
                 "$(ratio "${R_PERCORE[ringline]}" "${R_PERCORE[haproxy]}" "" n/a)"

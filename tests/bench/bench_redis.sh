@@ -134,8 +134,7 @@ run_one() {
         # server's own CPU time; the best run is kept.
         local ntests percore
         ntests=$(awk -F, '{ print NF }' <<<"$TESTS")
-        percore=$(awk -v n="$((REQUESTS * ntests))" -v t="$((s1 - s0))" -v hz="$CLK_TCK" \
-            'BEGIN { if (t > 0) printf "%.0f", n / (t / hz) }')
+        percore=$(per_cpu_ticks "$((REQUESTS * ntests))" "$((s1 - s0))")
         if [[ -n $percore ]]; then
             note+=", $percore req per CPU-second"
             if [[ -z ${PERCORE[$kind|$depth]:-} ]] || float_gt "$percore" "${PERCORE[$kind|$depth]}"; then

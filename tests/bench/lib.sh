@@ -231,6 +231,12 @@ per_cpu_second() {
     awk -v r="$1" -v c="$2" 'BEGIN { if (c > 0) printf "%.0f", r / (c / 100); else print "" }'
 }
 
+# $1 requests done in $2 ticks (USER_HZ) of CPU time: requests per
+# CPU-second.  Empty if $2 <= 0.
+per_cpu_ticks() {
+    awk -v n="$1" -v t="$2" -v hz="$CLK_TCK" 'BEGIN { if (t > 0) printf "%.0f", n / (t / hz); else print "" }'
+}
+
 # -- Numbers and formatting ------------------------------------------------------
 float_gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
 float_ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
