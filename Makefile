@@ -26,7 +26,7 @@ LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
 EXPORT := -Wl,-E
 
 CORE := rl_bufring rl_conn rl_rxbuf rl_sendq rl_options rl_listen rl_log \
-	rl_worker rl_lua rl_reload rl_dict rl_resolve
+	rl_worker rl_lua rl_reload rl_dict rl_resolve rl_watchdog
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o)
 HEADERS := $(wildcard core/*.h)
 CDEF := lua/ringline/cdef.lua
@@ -112,9 +112,13 @@ asan-test: all asan
 
 test: all
 	$(MAKE) unit
+	$(MAKE) fuzz-replay
 	$(MAKE) lua-test
 	$(MAKE) integration
 	$(MAKE) asan-test
+
+# Fuzz targets (make fuzz, fuzz-replay, fuzz-ci) live in their own file.
+include tests/fuzz/fuzz.mk
 
 # -- Benchmarks (not tests) -------------------------------------------------
 BENCH_CFLAGS := -O2 -g -std=gnu11 -Wall -Wextra

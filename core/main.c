@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <stdatomic.h>
@@ -22,6 +23,7 @@
 #include "rl_lua.h"
 #include "rl_options.h"
 #include "rl_reload.h"
+#include "rl_watchdog.h"
 #include "rl_worker.h"
 
 #define RL_VERSION "0.1.0"
@@ -295,10 +297,46 @@ out:
 	close(sfd);
 }
 
+/* Join the workers, which were all asked to stop (or ended on their own).
+ * One that is not done when the drain timeout plus the handler timeout
+ * (and a second) have passed is stuck in a C function, where the watchdog
+ * cannot stop it: it must not keep SIGTERM from ending the process. */
+static int join_workers(struct rl_worker *ws, int n, const struct rl_config *cfg)
+{
+	uint64_t limit_ms = (uint64_t)cfg->drain_timeout_ms +
+			    cfg->handler_timeout_ms + 1000;
+	struct timespec until;
+	int status = 0;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += (time_t)(limit_ms / 1000);
+	until.tv_nsec += (long)(limit_ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	for (int i = 0; i < n; i++) {
+		if (!cfg->handler_timeout_ms)
+			pthread_join(ws[i].thread, NULL);
+		else if (pthread_timedjoin_np(ws[i].thread, NULL, &until)) {
+			rl_err(i, "did not stop within %llu ms of the stop "
+			       "request (a handler stuck outside script code); "
+			       "exiting without it", (unsigned long long)limit_ms);
+			fflush(stderr);
+			_exit(1);
+		}
+		if (ws[i].setup_status && !status)
+			status = ws[i].setup_status;
+	}
+	return status;
+}
+
 int main(int argc, char **argv)
 {
 	static struct rl_config cfg;
 	static struct rl_shared sh;
+	static struct rl_watchdog watchdog;
+	static rl_guard check_guard;
 	char err[1024], lua_dir[PATH_MAX], script_listen[RL_MAX_LISTEN][128];
 	int nscript = 0, ret, status = 0;
 	size_t script_dict = 0;
@@ -323,6 +361,23 @@ int main(int argc, char **argv)
 	rl_log_level = cfg.log_level;
 	raise_nofile();
 
+	ws = calloc(cfg.workers, sizeof(*ws));
+	if (!ws) {
+		fprintf(stderr, "ringline: out of memory\n");
+		return 1;
+	}
+	/* Before the script check: its top level runs under the watchdog
+	 * too.  Workers' guards wait unarmed until their Lua starts. */
+	rl_watchdog_add(&watchdog, &check_guard, -1);
+	for (int i = 0; i < cfg.workers; i++)
+		rl_watchdog_add(&watchdog, &ws[i].guard, i);
+	if (!cfg.builtin && (ret = rl_watchdog_start(&watchdog,
+						     cfg.handler_timeout_ms))) {
+		fprintf(stderr, "ringline: cannot start the watchdog: %s\n",
+			strerror(-ret));
+		return 1;
+	}
+
 	if (!cfg.builtin) {
 		if (rl_lua_find_dir(lua_dir, sizeof(lua_dir))) {
 			fprintf(stderr, "ringline: cannot find the ringline Lua "
@@ -336,7 +391,8 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 		if (rl_lua_check(lua_dir, cfg.script, script_listen,
-				 RL_MAX_LISTEN, &nscript, &script_dict, err,
+				 RL_MAX_LISTEN, &nscript, &script_dict,
+				 cfg.lua_memory, &check_guard, err,
 				 sizeof(err))) {
 			fprintf(stderr, "ringline: %s\n", err);
 			return EXIT_USAGE;
@@ -382,11 +438,6 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	main_thread = pthread_self();
 
-	ws = calloc(cfg.workers, sizeof(*ws));
-	if (!ws) {
-		fprintf(stderr, "ringline: out of memory\n");
-		return 1;
-	}
 	for (int i = 0; i < cfg.workers; i++) {
 		ws[i].id = i;
 		ws[i].shared = &sh;
@@ -410,11 +461,10 @@ int main(int argc, char **argv)
 		serve_signals(&sh, ws, cfg.workers, &set,
 			      cfg.watch ? &watch : NULL);
 	}
-	for (int i = 0; i < cfg.workers; i++) {
-		pthread_join(ws[i].thread, NULL);
-		if (ws[i].setup_status && !status)
-			status = ws[i].setup_status;
-	}
+	ret = join_workers(ws, cfg.workers, &cfg);
+	if (ret && !status)
+		status = ret;
+	rl_watchdog_stop(&watchdog);
 	free(ws);
 	/* Workers freed their inboxes: only lookups still running in
 	 * getaddrinfo may outlast this, detached. */

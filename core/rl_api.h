@@ -56,6 +56,8 @@ enum rl_close_reason {
 	RL_CLOSE_TIMEOUT = 5,    /* idle longer than the connection's timeout */
 	RL_CLOSE_RESOLVE = 6,    /* the connect's host name did not resolve;
 				  * the CLOSE event's text says which and why */
+	RL_CLOSE_RUNAWAY = 7,    /* a handler ran past --handler-timeout */
+	RL_CLOSE_NOMEM = 8,      /* a handler's allocation passed --lua-memory */
 };
 
 /* A zero-copy view of received bytes.  C never builds one; the struct lives
@@ -80,6 +82,9 @@ typedef struct rl_stats {
 	uint64_t handler_errors;
 	uint64_t reloads;
 	uint64_t reloads_failed;
+	uint64_t handler_timeouts; /* handler calls stopped by the watchdog */
+	uint64_t lua_memory;       /* bytes the worker's Lua state holds */
+	uint64_t lua_memory_errors;/* allocations refused: over --lua-memory */
 } rl_stats;
 
 /* -- Event loop ---------------------------------------------------------- */
@@ -210,6 +215,35 @@ typedef struct rl_clock {
 	int64_t unix_ms;        /* CLOCK_REALTIME in ms: expiry times */
 } rl_clock;
 const rl_clock *rl_worker_clock(rl_worker *w);
+
+/* -- Runaway handlers ---------------------------------------------------- */
+
+/* What the watchdog thread (rl_watchdog.h) and the worker's Lua code share.
+ * The loop bumps seq before every handler call, timer callback and init;
+ * rl_worker_poll bumps it after every wait and sets idle around it.  When
+ * seq stays put for --handler-timeout while the worker is not idle, the
+ * watchdog stores stop_seq and ran_ms, then stop.  Script code is compiled
+ * with a check at every loop body and function entry (ringline.guard):
+ * a one-byte ffi.fill into barrier (which keeps LuaJIT from hoisting the
+ * next load out of a compiled loop) and a load of stop; a set stop raises
+ * a Lua error there, in compiled code too. */
+typedef struct rl_guard {
+	int32_t stop;           /* set by the watchdog; cleared by Lua */
+	uint8_t barrier[4];     /* the guard's store target: never read */
+	uint32_t seq;           /* handler calls and waits so far (wraps) */
+	uint32_t stop_seq;      /* the call the stop is meant for */
+	uint32_t ran_ms;        /* how long that call had run */
+	uint32_t limit_ms;      /* --handler-timeout (0: no watchdog) */
+	int32_t idle;           /* 1 while the worker waits (not Lua's time) */
+	int32_t armed;          /* 0 until the worker's Lua runs */
+} rl_guard;
+
+rl_guard *rl_worker_guard(rl_worker *w);
+
+/* While on, the worker's Lua allocations may pass --lua-memory by a
+ * reserve (an eighth of it plus 1 MiB): the loop turns it on to log,
+ * collect garbage and close a connection after a refused allocation. */
+void rl_lua_memory_relax(rl_worker *w, int on);
 
 /* -- Reload -------------------------------------------------------------- */
 

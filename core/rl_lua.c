@@ -51,9 +51,36 @@ int rl_lua_find_dir(char *out, size_t len)
 	return -ENOENT;
 }
 
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	struct rl_luamem *m = ud;
+	void *p;
+
+	if (nsize > osize && m->limit) {
+		size_t cap = m->relaxed ? m->limit + m->limit / 8 + (1u << 20) :
+			     m->limit;
+
+		if (m->used + (int64_t)(nsize - osize) > (int64_t)cap) {
+			(*m->errors_stat)++;
+			/* The error unwinds through code that allocates (the
+			 * loop's catch, the log line): the reserve opens now,
+			 * and the loop closes it once it has collected. */
+			m->relaxed = 1;
+			return NULL;
+		}
+	}
+	p = m->f(m->ud, ptr, osize, nsize);
+	if (p || nsize == 0) {
+		m->used += (int64_t)nsize - (int64_t)osize;
+		*m->used_stat = m->used > 0 ? (uint64_t)m->used : 0;
+	}
+	return p;
+}
+
 /* A state whose require finds the script's own directory first, then
- * ringline's modules. */
-static lua_State *new_state(const char *lua_dir, const char *script)
+ * ringline's modules, and whose allocations are capped by mem->limit. */
+static lua_State *new_state(const char *lua_dir, const char *script,
+			    struct rl_luamem *mem)
 {
 	char sdir[PATH_MAX], path[4 * PATH_MAX + 64];
 	lua_State *L = luaL_newstate();
@@ -61,6 +88,12 @@ static lua_State *new_state(const char *lua_dir, const char *script)
 
 	if (!L)
 		return NULL;
+	/* LuaJIT's allocator stays (it is faster than malloc for its small
+	 * objects); ours only counts in front of it. */
+	mem->f = lua_getallocf(L, &mem->ud);
+	mem->used = (int64_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 +
+		    lua_gc(L, LUA_GCCOUNTB, 0);
+	lua_setallocf(L, capped_alloc, mem);
 	luaL_openlibs(L);
 
 	snprintf(sdir, sizeof(sdir), "%s", script ? script : "./x");
@@ -98,11 +131,27 @@ static int push_module_fn(lua_State *L, const char *mod, const char *fn,
 	return 0;
 }
 
-int rl_lua_check(const char *lua_dir, const char *script, char listen[][128],
-		 int max, int *nlisten, size_t *dict_memory, char *err,
-		 size_t len)
+/* Guard the state's script code (ringline.guard) with g. */
+static int bind_guard(lua_State *L, rl_guard *g, char *err, size_t len)
 {
-	lua_State *L = new_state(lua_dir, script);
+	if (push_module_fn(L, "ringline.guard", "bind", err, len))
+		return -1;
+	lua_pushlightuserdata(L, g);
+	if (lua_pcall(L, 1, 0, 0)) {
+		copy_err(L, err, len);
+		return -1;
+	}
+	return 0;
+}
+
+int rl_lua_check(const char *lua_dir, const char *script, char listen[][128],
+		 int max, int *nlisten, size_t *dict_memory, size_t lua_memory,
+		 rl_guard *guard, char *err, size_t len)
+{
+	static uint64_t used, errors;
+	struct rl_luamem mem = { .limit = lua_memory, .used_stat = &used,
+				 .errors_stat = &errors };
+	lua_State *L = new_state(lua_dir, script, &mem);
 	int ret = -1;
 
 	*nlisten = 0;
@@ -110,6 +159,8 @@ int rl_lua_check(const char *lua_dir, const char *script, char listen[][128],
 		snprintf(err, len, "cannot create a Lua state");
 		return -1;
 	}
+	if (bind_guard(L, guard, err, len))
+		goto out;
 	if (push_module_fn(L, "ringline.service", "load", err, len))
 		goto out;
 	lua_pushstring(L, script);
@@ -139,19 +190,32 @@ int rl_lua_check(const char *lua_dir, const char *script, char listen[][128],
 		*dict_memory = (size_t)lua_tonumber(L, -1);
 	ret = 0;
 out:
+	__atomic_store_n(&guard->armed, 0, __ATOMIC_RELAXED);
+	mem.relaxed = 1;
 	lua_close(L);
 	return ret;
 }
 
 int rl_lua_worker_start(struct rl_worker *w, char *err, size_t len)
 {
-	lua_State *L = new_state(w->shared->lua_dir, w->cfg->script);
+	lua_State *L;
 
+	w->luamem = calloc(1, sizeof(*w->luamem));
+	if (!w->luamem) {
+		snprintf(err, len, "out of memory");
+		return -1;
+	}
+	w->luamem->limit = w->cfg->lua_memory;
+	w->luamem->used_stat = &w->stats.lua_memory;
+	w->luamem->errors_stat = &w->stats.lua_memory_errors;
+	L = new_state(w->shared->lua_dir, w->cfg->script, w->luamem);
 	if (!L) {
 		snprintf(err, len, "cannot create a Lua state");
 		return -1;
 	}
 	w->lua = L;
+	if (bind_guard(L, &w->guard, err, len))
+		return -1;
 	if (push_module_fn(L, "ringline.loop", "prepare", err, len))
 		return -1;
 	lua_pushlightuserdata(L, w);
@@ -177,7 +241,18 @@ int rl_lua_worker_run(struct rl_worker *w, char *err, size_t len)
 
 void rl_lua_worker_close(struct rl_worker *w)
 {
-	if (w->lua)
+	__atomic_store_n(&w->guard.armed, 0, __ATOMIC_RELAXED);
+	if (w->lua) {
+		w->luamem->relaxed = 1;   /* closing frees; nothing may fail */
 		lua_close(w->lua);
+	}
 	w->lua = NULL;
+	free(w->luamem);
+	w->luamem = NULL;
+}
+
+void rl_lua_memory_relax(rl_worker *w, int on)
+{
+	if (w->luamem)
+		w->luamem->relaxed = on;
 }

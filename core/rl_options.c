@@ -24,6 +24,10 @@ static const char usage[] =
 "      --low-water BYTES    unsent bytes that resume them (default 256k)\n"
 "      --max-unconsumed BYTES  unconsumed bytes a connection may keep (default 1m)\n"
 "      --drain-timeout MS   on SIGTERM, time to finish sends (default 5000)\n"
+"      --handler-timeout MS  stop a handler call, timer callback or init that\n"
+"                           runs longer (default 2000; 0 turns it off)\n"
+"      --lua-memory BYTES   Lua memory per worker; an allocation past it fails\n"
+"                           the handler that asked (default 1g)\n"
 "      --pin                pin worker i to CPU i\n"
 "      --log-level LEVEL    error, warn, info or debug (default info)\n"
 "      --builtin echo       serve with the C echo handler, no Lua (a baseline)\n"
@@ -53,6 +57,8 @@ void rl_options_defaults(struct rl_config *cfg, int online_cpus)
 	cfg->low_water = 256u << 10;
 	cfg->max_unconsumed = 1u << 20;
 	cfg->drain_timeout_ms = 5000;
+	cfg->handler_timeout_ms = 2000;
+	cfg->lua_memory = 1ull << 30;
 	cfg->log_level = RL_LOG_INFO;
 }
 
@@ -110,6 +116,7 @@ static int num(const char *opt, const char *arg, uint64_t lo, uint64_t hi,
 enum {
 	OPT_HIGH = 256, OPT_LOW, OPT_UNCONSUMED, OPT_DRAIN, OPT_PIN,
 	OPT_LOGLEVEL, OPT_BUILTIN, OPT_CHECK, OPT_WATCH, OPT_DICT,
+	OPT_HANDLER_TIMEOUT, OPT_LUA_MEMORY,
 };
 
 static const struct option longopts[] = {
@@ -128,6 +135,8 @@ static const struct option longopts[] = {
 	{ "check", no_argument, NULL, OPT_CHECK },
 	{ "watch", no_argument, NULL, OPT_WATCH },
 	{ "dict-memory", required_argument, NULL, OPT_DICT },
+	{ "handler-timeout", required_argument, NULL, OPT_HANDLER_TIMEOUT },
+	{ "lua-memory", required_argument, NULL, OPT_LUA_MEMORY },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -207,6 +216,16 @@ static int set_option(struct rl_config *cfg, int opt, const char *arg,
 		if (!(ret = num("dict-memory", arg, 1u << 20, 1ull << 40, &v, err,
 				len)))
 			cfg->dict_memory = v;
+		break;
+	case OPT_HANDLER_TIMEOUT:
+		if (!(ret = num("handler-timeout", arg, 0, 3600000, &v, err, len)))
+			cfg->handler_timeout_ms = (uint32_t)v;
+		break;
+	case OPT_LUA_MEMORY:
+		/* Below a few MiB the ringline modules themselves do not load. */
+		if (!(ret = num("lua-memory", arg, 8u << 20, 1ull << 40, &v, err,
+				len)))
+			cfg->lua_memory = v;
 		break;
 	}
 	return ret;

@@ -20,6 +20,8 @@ struct rl_config {
 	size_t low_water;         /* ... and that resume it */
 	size_t max_unconsumed;    /* residue limit per connection */
 	uint32_t drain_timeout_ms;
+	uint32_t handler_timeout_ms; /* --handler-timeout; 0 = no watchdog */
+	size_t lua_memory;        /* --lua-memory: per worker Lua state */
 	int log_level;
 	int pin;                  /* pin worker i to CPU i */
 	int check_only;           /* --check: load the script and exit */

@@ -120,6 +120,9 @@ int rl_reload_vote(rl_worker *w, int ok, uint64_t round)
 	}
 	ts.tv_sec = r->deadline_ns / 1000000000ull;
 	ts.tv_nsec = r->deadline_ns % 1000000000ull;
+	/* Waiting for the other workers' votes is not this worker's Lua
+	 * running: the watchdog must not stop the reload for it. */
+	__atomic_store_n(&w->guard.idle, 1, __ATOMIC_RELAXED);
 	while (r->decision < 0) {
 		if (pthread_cond_timedwait(&r->cond, &r->lock, &ts) == ETIMEDOUT &&
 		    r->decision < 0) {
@@ -131,6 +134,8 @@ int rl_reload_vote(rl_worker *w, int ok, uint64_t round)
 	}
 	decision = ok ? r->decision : 0;
 	pthread_mutex_unlock(&r->lock);
+	w->guard.seq++;
+	__atomic_store_n(&w->guard.idle, 0, __ATOMIC_RELAXED);
 	if (decision)
 		w->stats.reloads++;
 	else

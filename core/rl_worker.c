@@ -1007,6 +1007,8 @@ static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 		if (!w->ls[i].armed && w->ls[i].fd >= 0 &&
 		    w->ls[i].retry_at_ns < until)
 			until = w->ls[i].retry_at_ns;
+	/* The watchdog does not count time spent waiting against Lua. */
+	__atomic_store_n(&w->guard.idle, 1, __ATOMIC_RELAXED);
 	if (until == UINT64_MAX) {
 		ret = io_uring_submit_and_wait(&w->ring, 1);
 	} else {
@@ -1021,6 +1023,8 @@ static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 		ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts,
 						       NULL);
 	}
+	w->guard.seq++;
+	__atomic_store_n(&w->guard.idle, 0, __ATOMIC_RELAXED);
 out:
 	if (ret >= 0 || ret == -ETIME || ret == -EINTR)
 		w->nslots = 0;
@@ -1541,6 +1545,7 @@ int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,
 int rl_worker_id(rl_worker *w) { return w->id; }
 int rl_worker_count(rl_worker *w) { return w->shared->nworkers; }
 rl_stats *rl_worker_stats(rl_worker *w) { return &w->stats; }
+rl_guard *rl_worker_guard(rl_worker *w) { return &w->guard; }
 
 void rl_worker_wake_at(rl_worker *w, uint64_t ns)
 {
@@ -1563,6 +1568,8 @@ const char *rl_close_reason_text(int reason)
 	case RL_CLOSE_SHUTDOWN: return "server shutting down";
 	case RL_CLOSE_TIMEOUT: return "idle timeout";
 	case RL_CLOSE_RESOLVE: return "host name did not resolve";
+	case RL_CLOSE_RUNAWAY: return "handler ran past --handler-timeout";
+	case RL_CLOSE_NOMEM: return "handler passed --lua-memory";
 	}
 	return reason < 0 ? strerror(-reason) : "unknown";
 }

@@ -99,6 +99,8 @@ struct rl_worker {
 
 	size_t max_unconsumed;
 	rl_stats stats;
+	rl_guard guard;             /* shared with the watchdog thread */
+	struct rl_luamem *luamem;   /* the Lua state's allocator (rl_lua.c) */
 
 	pthread_t thread;
 	void *lua;                  /* lua_State of this worker */
