@@ -46,6 +46,9 @@ function M.stats()
     paused = tonumber(s.paused), residue_copied = tonumber(s.residue_copied),
     handler_errors = tonumber(s.handler_errors),
     reloads = tonumber(s.reloads), reloads_failed = tonumber(s.reloads_failed),
+    handler_timeouts = tonumber(s.handler_timeouts),
+    lua_memory = tonumber(s.lua_memory),
+    lua_memory_errors = tonumber(s.lua_memory_errors),
   }
 end
 

@@ -11,6 +11,7 @@ local connmod = require "ringline.conn"
 local service = require "ringline.service"
 local ringline = require "ringline"
 local timer = require "ringline.timer"
+local guard = require "ringline.guard"
 
 local C = ffi.C
 local pcall, type, tostring = pcall, type, tostring
@@ -22,29 +23,77 @@ local EV_CONNECT, EV_EOF, EV_DRAIN = C.RL_EV_CONNECT, C.RL_EV_EOF, C.RL_EV_DRAIN
 local MAX_EVENTS = 256
 
 local M = {}
+local W, W_stats     -- this worker and its rl_stats *, once prepare() ran
+local NOMEM_HINT = " (an allocation would have passed --lua-memory)"
 
 local REASONS = {
   [C.RL_CLOSE_PEER] = "peer", [C.RL_CLOSE_LOCAL] = "local",
   [C.RL_CLOSE_ERROR] = "error", [C.RL_CLOSE_UNCONSUMED] = "unconsumed",
   [C.RL_CLOSE_SHUTDOWN] = "shutdown", [C.RL_CLOSE_TIMEOUT] = "timeout",
+  [C.RL_CLOSE_RUNAWAY] = "handler-timeout", [C.RL_CLOSE_NOMEM] = "lua-memory",
 }
 
 local function reason_text(res)
   return REASONS[res] or ffi.string(C.rl_close_reason_text(res))
 end
 
-local function handler_error(w, c, err)
+local function is_nomem(err)
+  return type(err) == "string" and err:find("not enough memory", 1, true) ~= nil
+end
+
+-- Count what a failed call was: a runaway the watchdog stopped, an
+-- allocation past --lua-memory, or the script's own error.  Returns the
+-- close reason for its connection and the words for the log.
+local function classify(w, err)
   local stats = C.rl_worker_stats(w)
   stats.handler_errors = stats.handler_errors + 1
+  if guard.caught(err) then
+    stats.handler_timeouts = stats.handler_timeouts + 1
+    return C.RL_CLOSE_RUNAWAY, "stopped"
+  elseif is_nomem(err) then
+    return C.RL_CLOSE_NOMEM, "failed", NOMEM_HINT
+  end
+  return C.RL_CLOSE_ERROR, "handler error", ""
+end
+
+local function handler_error(w, c, err)
+  -- First, before anything allocates: logging and closing after a refused
+  -- allocation may use the reserve past --lua-memory.
+  C.rl_lua_memory_relax(w, 1)
+  local reason, what, hint = classify(w, err)
   if c then
-    ringline.error(("conn %d (%s): handler error: %s"):format(
-      c.id, c.closed and "closed" or c.peer, tostring(err)))
+    ringline.error(("conn %d (%s): %s: %s%s"):format(
+      c.id, c.closed and "closed" or c.peer, what, tostring(err), hint))
     if not c.closed then
-      C.rl_conn_close(w, c._idx, c._gen, C.RL_CLOSE_ERROR, 0)
+      C.rl_conn_close(w, c._idx, c._gen, reason, 0)
     end
   else
-    ringline.error("handler error: " .. tostring(err))
+    ringline.error(("%s: %s%s"):format(what, tostring(err), hint))
   end
+  if reason == C.RL_CLOSE_NOMEM then
+    -- What the failed call built is garbage now; give it back before the
+    -- next call needs the room.
+    collectgarbage()
+    ringline.info(("lua memory in use after the collection: %d KiB")
+      :format(collectgarbage("count")))
+  end
+  C.rl_lua_memory_relax(w, 0)
+end
+
+-- A timer callback raised: log it; a periodic timer that ran away would run
+-- away again every period, so it is cancelled.
+local function timer_error(w, t, err)
+  C.rl_lua_memory_relax(w, 1)
+  local reason, _, hint = classify(w, err)
+  if reason == C.RL_CLOSE_RUNAWAY and t.period then
+    t:cancel()
+    ringline.error("timer callback stopped, periodic timer cancelled: " ..
+      tostring(err))
+  else
+    ringline.error("timer callback failed: " .. tostring(err) .. hint)
+  end
+  if reason == C.RL_CLOSE_NOMEM then collectgarbage() end
+  C.rl_lua_memory_relax(w, 0)
 end
 
 -- -- Reload ------------------------------------------------------------------
@@ -88,11 +137,19 @@ local function load_version(script, old)
     end
     for name, m in pairs(saved) do package.loaded[name] = m end
   end
+  -- Loading, init() and reload(old) are one call for the watchdog.
+  local g = guard.ptr()
+  g.seq = g.seq + 1
   local ok, svc = pcall(function()
     local s = service.load(script)
     if s.init then
       local ok, err = pcall(s.init)
       if not ok then
+        if is_nomem(err) then
+          -- Room to say so; undone when load_version returns.
+          C.rl_lua_memory_relax(W, 1)
+          err = err .. NOMEM_HINT
+        end
         error(("script %s: init failed: %s"):format(script, tostring(err)), 0)
       end
     end
@@ -106,7 +163,18 @@ local function load_version(script, old)
     return s
   end)
   if not ok then
+    -- A stop is over with the call it stopped; count it.
+    if g.stop ~= 0 or (type(svc) == "string" and svc:find(guard.MARK, 1, true)) then
+      g.stop = 0
+      if W_stats then W_stats.handler_timeouts = W_stats.handler_timeouts + 1 end
+    end
+    C.rl_lua_memory_relax(W, 1)
+    if svc == "not enough memory" then
+      svc = ("script %s: not enough memory%s"):format(script, NOMEM_HINT)
+    end
     undo()
+    collectgarbage()
+    C.rl_lua_memory_relax(W, 0)
     return nil, svc
   end
   return svc, undo
@@ -160,6 +228,9 @@ local function run(w, svc, script)
     note_script_modules()
   end
   local new_conn = connmod.new
+  -- Every handler call gets a new number: the watchdog times calls, not
+  -- batches (a batch of 256 quick calls is not one long one).
+  local gp = guard.ptr()
 
   -- Poll and dispatch in one loop, so the whole thing compiles into one
   -- trace (with side traces per event type) instead of returning to the
@@ -186,6 +257,7 @@ local function run(w, svc, script)
         -- wherever a side trace starts with it live.
         local ei = i
         i = i + 1
+        gp.seq = gp.seq + 1
         local t = evs[ei].type
         if t == EV_DATA then
           local c = conns[evs[ei].conn]
@@ -195,6 +267,7 @@ local function run(w, svc, script)
             local h = c._h
             local f = h and h.on_data or on_data
             repeat
+              gp.seq = gp.seq + 1
               local k = f(c, new_slice(evs[ei].ptr, evs[ei].len, evs[ei].bid))
               release()
               if k == nil then
@@ -266,6 +339,7 @@ local function run(w, svc, script)
   while true do
     local ok, err = pcall(serve)
     if ok then break end
+    C.rl_lua_memory_relax(w, 1)     -- before anything here allocates
     release()
     handler_error(w, cur, err)
     cur = nil
@@ -304,7 +378,9 @@ function M.prepare(wptr, script)
     profiler.start(mode, file ~= "" and file or nil)
   end
   ringline._bind(w)
+  W, W_stats = w, C.rl_worker_stats(w)
   timer.set_logger(ringline.error)
+  timer.set_error_handler(function(t, err) timer_error(w, t, err) end)
   connmod.bind(w)
   script_dir = script:match("^(.*)/[^/]*$") or "."
   for name in pairs(package.loaded) do baseline[name] = true end

@@ -1,4 +1,6 @@
 -- ringline.service: load a service script and check the table it returns.
+local guard = require "ringline.guard"
+
 local M = {}
 
 local HANDLERS = { "init", "on_open", "on_data", "on_close", "on_eof",
@@ -46,7 +48,8 @@ end
 -- Compile and run the script's top level; return its service table.
 -- Errors name the script and, where Lua knows it, the line.
 function M.load(path)
-  local chunk, err = loadfile(path)
+  -- Compiled with runaway checks (ringline.guard), in every state.
+  local chunk, err = guard.loadfile(path)
   if not chunk then error("script " .. err, 0) end
   local ok, svc = pcall(chunk)
   if not ok then

@@ -10,6 +10,7 @@
 -- version is serving by then.
 local ffi = require "ffi"
 require "ringline.cdef"
+local guard = require "ringline.guard"
 
 local C = ffi.C
 local floor, tostring, pcall = math.floor, tostring, pcall
@@ -18,6 +19,9 @@ local M = {}
 local heap, count = {}, 0
 local owner = 0            -- the script version creating timers now
 local log_error = function(msg) io.stderr:write(msg, "\n") end
+-- A callback's error, after the default of logging it: the loop counts
+-- runaways (see ringline.guard) and cancels a periodic timer that ran away.
+local on_error = function(t, err) log_error("timer callback failed: " .. tostring(err)) end
 
 local Timer = {}
 Timer.__index = Timer
@@ -148,8 +152,11 @@ function M.run_due(now)
       if t.at <= now then t.at = now + t.period end
       push(t)
     end
+    -- Each callback is one call for the watchdog (--handler-timeout).
+    local g = guard.ptr()
+    g.seq = g.seq + 1
     local ok, err = pcall(t.fn, t)
-    if not ok then log_error("timer callback failed: " .. tostring(err)) end
+    if not ok then on_error(t, err) end
   end
   return nil
 end
@@ -172,6 +179,8 @@ function M.cancel_owner(v)
 end
 
 function M.set_logger(fn) log_error = fn end
+-- fn(timer, err): what happens when a callback raises.
+function M.set_error_handler(fn) on_error = fn end
 
 function M.selftest()
   local fired = {}
