@@ -569,7 +569,10 @@ def test_reload_rejections(ctx):
     sc = Scripts(ctx)
     base = sc.read("svc.lua")
     lib_base = sc.read("lib.lua")
-    srv, log = svc_server(ctx, sc, workers=2)
+    # The slow-worker case below spins 3 s in a script's top level: past the
+    # default --handler-timeout (2 s), which would stop it as a runaway
+    # (test_safety covers that); here it must run to its end.
+    srv, log = svc_server(ctx, sc, workers=2, extra=["--handler-timeout", "10000"])
     old = open_clients(ctx, srv, 6, want_workers=2)
     check_counts(old, "v1", gen=1)
     rnd = 0
