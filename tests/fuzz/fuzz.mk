@@ -35,6 +35,13 @@ $(BUILD)/fuzz/%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(FUZZ_OBJS) | f
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer -Icore \
 		$(EXPORT) -o $@ $< $(FUZZ_OBJS) $(LDLIBS)
 
+# The Lua parsers' target embeds LuaJIT and links no core object; the repo
+# root is compiled in for when the binary is not at $(BUILD)/fuzz/ under it.
+$(BUILD)/fuzz/lua_parsers: tests/fuzz/fuzz_lua_parsers.c | fuzz-deps
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer \
+		-DFUZZ_REPO_ROOT='"$(CURDIR)"' -o $@ $< $(LDLIBS)
+
 fuzz-replay: $(FUZZ_BINS)
 	@$(FUZZ_RUN) fuzz-replay $(BUILD)/fuzz 0 $(FUZZ_NAMES)
 
