@@ -641,9 +641,15 @@ end
 -- memcached's incr/decr reading of a stored value: safe_strtoull over the
 -- value (leading whitespace, a sign, digits, then whitespace or the end).
 -- p, n: the value's bytes (a pointer and a length).  The result into
--- out[0]; false if not a number.  (The slow path: allocates.)
+-- out[0]; false if not a number.  memcached hands the stored bytes to
+-- strtoull as a C string, so a NUL ends the value there ("6\0xyz" is 6).
+-- (The slow path: allocates.)
 
 function M.value_u64(p, n, out)
+  p = ffi.cast("const uint8_t *", p)
+  for i = 0, n - 1 do
+    if p[i] == 0 then n = i break end
+  end
   return to_u64(slice.new(p, n), 0, n, out)
 end
 

@@ -205,6 +205,7 @@ def scripted_cases():
         b"incr n 18446744073709551615\r\nincr n 3abc\r\nincr n 1 junk\r\n",
         # values memcached reads with strtoull and we must too
         b"set n 0 0 2\r\n5 \r\nincr n 1\r\nset n 0 0 3\r\n 12\r\nincr n 1\r\n"
+        b"set n 0 0 5\r\n6\x00x y\r\nincr n 1\r\nset n 0 0 2\r\n\x007\r\nincr n 1\r\n"
         b"set n 0 0 2\r\n+1\r\nincr n 1\r\nset n 0 0 21\r\n000000000000000000001\r\nincr n 1\r\n",
         # keys
         b"set " + K250 + b" 0 0 1\r\nx\r\nget " + K250 + b"\r\n",
