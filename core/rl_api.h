@@ -241,8 +241,9 @@ typedef struct rl_guard {
 rl_guard *rl_worker_guard(rl_worker *w);
 
 /* While on, the worker's Lua allocations may pass --lua-memory by a
- * reserve (an eighth of it plus 1 MiB): the loop turns it on to log,
- * collect garbage and close a connection after a refused allocation. */
+ * reserve (an eighth of it plus 1 MiB).  A refused allocation turns it on
+ * (the error path needs room to log and close); the loop turns it off
+ * once it has collected the failed call's garbage. */
 void rl_lua_memory_relax(rl_worker *w, int on);
 
 /* -- Reload -------------------------------------------------------------- */

@@ -57,9 +57,8 @@ local function classify(w, err)
 end
 
 local function handler_error(w, c, err)
-  -- First, before anything allocates: logging and closing after a refused
-  -- allocation may use the reserve past --lua-memory.
-  C.rl_lua_memory_relax(w, 1)
+  -- After a refused allocation the reserve past --lua-memory is open (the
+  -- allocator opened it) for the log line and the close; closed below.
   local reason, what, hint = classify(w, err)
   if c then
     ringline.error(("conn %d (%s): %s: %s%s"):format(
@@ -83,7 +82,6 @@ end
 -- A timer callback raised: log it; a periodic timer that ran away would run
 -- away again every period, so it is cancelled.
 local function timer_error(w, t, err)
-  C.rl_lua_memory_relax(w, 1)
   local reason, _, hint = classify(w, err)
   if reason == C.RL_CLOSE_RUNAWAY and t.period then
     t:cancel()
@@ -146,8 +144,6 @@ local function load_version(script, old)
       local ok, err = pcall(s.init)
       if not ok then
         if is_nomem(err) then
-          -- Room to say so; undone when load_version returns.
-          C.rl_lua_memory_relax(W, 1)
           err = err .. NOMEM_HINT
         end
         error(("script %s: init failed: %s"):format(script, tostring(err)), 0)
@@ -168,7 +164,6 @@ local function load_version(script, old)
       g.stop = 0
       if W_stats then W_stats.handler_timeouts = W_stats.handler_timeouts + 1 end
     end
-    C.rl_lua_memory_relax(W, 1)
     if svc == "not enough memory" then
       svc = ("script %s: not enough memory%s"):format(script, NOMEM_HINT)
     end
@@ -339,7 +334,6 @@ local function run(w, svc, script)
   while true do
     local ok, err = pcall(serve)
     if ok then break end
-    C.rl_lua_memory_relax(w, 1)     -- before anything here allocates
     release()
     handler_error(w, cur, err)
     cur = nil
