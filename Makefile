@@ -31,7 +31,14 @@ CORE_OBJS := $(CORE:%=$(BUILD)/%.o)
 HEADERS := $(wildcard core/*.h)
 CDEF := lua/ringline/cdef.lua
 
-UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
+UNIT_TESTS := $(filter-out test_faults,\
+	$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c)))
+# The allocation-fault tests compile these sources again with failing
+# allocators (core/rl_alloc.h) and AddressSanitizer's leak check.
+FAULT_CORE := rl_bufring rl_sendq rl_rxbuf rl_dict
+FAULT_OBJS := $(FAULT_CORE:%=$(BUILD)/faults/%.o)
+FAULT_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined -DRL_FAULT_INJECTION
 # load_common.c is not a tool: the load generators link it.
 BENCH_TOOLS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,\
 	$(filter-out tests/bench/load_common.c,$(wildcard tests/bench/*.c)))
@@ -89,9 +96,19 @@ $(BUILD)/unit/%: tests/unit/%.c $(CORE_OBJS) $(HEADERS)
 	$(CC) $(CFLAGS) -Icore $(LDFLAGS) -o $@ $< $(CORE_OBJS) \
 		$(LDLIBS) -lcmocka
 
-unit: deps $(UNIT_TESTS:%=$(BUILD)/unit/%)
-	@fail=0; for t in $(UNIT_TESTS); do \
-		$(BUILD)/unit/$$t || fail=1; done; exit $$fail
+$(BUILD)/faults/%.o: core/%.c $(HEADERS) | deps
+	@mkdir -p $(BUILD)/faults
+	$(CC) $(filter-out -O%,$(CFLAGS)) $(FAULT_FLAGS) -c -o $@ $<
+
+$(BUILD)/unit/test_faults: tests/unit/test_faults.c $(FAULT_OBJS) $(HEADERS)
+	@mkdir -p $(BUILD)/unit
+	$(CC) $(filter-out -O%,$(CFLAGS)) $(FAULT_FLAGS) -Icore -o $@ $< \
+		$(FAULT_OBJS) $(LDLIBS) -lcmocka
+
+unit: deps $(UNIT_TESTS:%=$(BUILD)/unit/%) $(BUILD)/unit/test_faults
+	@fail=0; for t in $(UNIT_TESTS) test_faults; do \
+		ASAN_OPTIONS=detect_leaks=1 $(BUILD)/unit/$$t || fail=1; \
+		done; exit $$fail
 
 lua-test: all
 	luajit tests/lua/run.lua

@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rl_alloc.h"
 #include "rl_dict.h"
 
 #define MIN_BUCKETS 16
@@ -208,7 +209,7 @@ static bool key_eq(const struct entry *e, const struct key *k)
 
 static rl_blob *blob_alloc(size_t cap)
 {
-	rl_blob *b = malloc(sizeof(*b) + cap);
+	rl_blob *b = rl_malloc(sizeof(*b) + cap);
 
 	if (!b)
 		return NULL;
@@ -329,7 +330,7 @@ static void resize_start(struct stripe *s, uint64_t nbuckets)
 	if (s->t[1].b || nbuckets == s->t[0].mask + 1)
 		return;
 	/* No memory for a bigger table: chains get longer, nothing fails. */
-	b = calloc(nbuckets, sizeof(*b));
+	b = rl_calloc(nbuckets, sizeof(*b));
 	if (!b)
 		return;
 	s->t[1].b = b;
@@ -395,7 +396,7 @@ static uint64_t next_cas(rl_dict *d, struct stripe *s)
 
 static struct entry *entry_new(const struct key *k)
 {
-	struct entry *e = malloc(sizeof(*e) + k->len);
+	struct entry *e = rl_malloc(sizeof(*e) + k->len);
 
 	if (!e)
 		return NULL;
@@ -751,7 +752,7 @@ rl_dict *rl_dict_new(size_t mem_limit, unsigned stripes)
 		errno = EINVAL;
 		return NULL;
 	}
-	d = calloc(1, sizeof(*d));
+	d = rl_calloc(1, sizeof(*d));
 	if (!d)
 		return NULL;
 	d->stripes = aligned_alloc(64, stripes * sizeof(*d->stripes));
@@ -775,7 +776,7 @@ rl_dict *rl_dict_new(size_t mem_limit, unsigned stripes)
 	for (unsigned i = 0; i < stripes; i++) {
 		struct stripe *s = &d->stripes[i];
 
-		s->t[0].b = calloc(MIN_BUCKETS, sizeof(*s->t[0].b));
+		s->t[0].b = rl_calloc(MIN_BUCKETS, sizeof(*s->t[0].b));
 		if (!s->t[0].b) {
 			d->nstripes = i;
 			pthread_mutexattr_destroy(&attr);
@@ -1178,7 +1179,7 @@ static int value_prepare(struct wctx *w, struct entry *e, size_t newlen,
 		return ret;
 	if (e && blob_unshared(e->val)) {
 		/* Ours alone: grow it where it is, realloc copies if it must. */
-		rl_blob *b = realloc(e->val, sizeof(*b) + cap);
+		rl_blob *b = rl_realloc(e->val, sizeof(*b) + cap);
 
 		if (!b)
 			return -ENOMEM;
@@ -1529,7 +1530,7 @@ void rl_dict_flush(rl_dict *d)
 {
 	for (unsigned i = 0; i < d->nstripes; i++) {
 		struct stripe *s = &d->stripes[i];
-		struct entry **fresh = calloc(MIN_BUCKETS, sizeof(*fresh));
+		struct entry **fresh = rl_calloc(MIN_BUCKETS, sizeof(*fresh));
 		struct dlist all;
 
 		stripe_lock(s);
@@ -1570,7 +1571,8 @@ struct keybuf {
 	uint8_t *p;
 	size_t len, cap;
 	unsigned n;
-	bool fixed;
+	bool fixed;     /* the caller's buffer, never grown */
+	bool heap;      /* p is ours to realloc and free */
 };
 
 static void kb_chain(struct keybuf *kb, struct entry *e, int64_t now)
@@ -1588,10 +1590,13 @@ static void kb_chain(struct keybuf *kb, struct entry *e, int64_t now)
 
 		while (cap < kb->len + need)
 			cap *= 2;
-		p = realloc(kb->p, cap);
+		p = kb->heap ? rl_realloc(kb->p, cap) : rl_malloc(cap);
 		if (p) {
+			if (!kb->heap && kb->len)
+				memcpy(p, kb->p, kb->len);
 			kb->p = p;
 			kb->cap = cap;
+			kb->heap = true;
 		}
 	}
 	if (kb->len + need > kb->cap) {
@@ -1723,13 +1728,16 @@ uint64_t rl_dict_scan(rl_dict *d, uint64_t cursor, unsigned count,
 		      void (*fn)(void *ud, const uint8_t *key, size_t klen),
 		      void *ud)
 {
-	struct keybuf kb = { 0 };
+	/* Most walks fit here; short of memory, one still reports every
+	 * bucket whose keys fit, and the cursor stops at the first that does
+	 * not (the caller calls again). */
+	uint8_t first[4096];
+	struct keybuf kb = { .p = first, .cap = sizeof(first) };
 	size_t need;
 
-	/* Out of memory for the copies: the cursor stays at the step that
-	 * failed, and the caller simply calls again. */
 	scan_walk(d, &cursor, count, now_ms, &kb, fn, ud, &need);
-	free(kb.p);
+	if (kb.heap)
+		free(kb.p);
 	return cursor;
 }
 

@@ -183,7 +183,11 @@ void rl_dict_flush(rl_dict *d);
  * Every key present for the whole scan is reported at least once; keys
  * may repeat.  count bounds the buckets visited per call (0 means 1), so a
  * call may report nothing and still return a cursor.  fn runs without any
- * lock held and may call into the dictionary.  Expired keys are skipped. */
+ * lock held and may call into the dictionary.  Expired keys are skipped.
+ * Out of memory, a bucket whose keys pass 4 KiB is not reported and the
+ * cursor stays at it, so the caller calling again makes progress once
+ * memory is back (a walk that fails so on its very first bucket returns
+ * 0, as if done). */
 uint64_t rl_dict_scan(rl_dict *d, uint64_t cursor, unsigned count,
 		      int64_t now_ms,
 		      void (*fn)(void *ud, const uint8_t *key, size_t klen),

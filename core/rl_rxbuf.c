@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rl_alloc.h"
 #include "rl_rxbuf.h"
 
 static int reserve(struct rl_rxbuf *rx, size_t extra, size_t limit)
@@ -19,7 +20,7 @@ static int reserve(struct rl_rxbuf *rx, size_t extra, size_t limit)
 		cap *= 2;
 	if (cap > limit)
 		cap = limit;
-	p = realloc(rx->data, cap);
+	p = rl_realloc(rx->data, cap);
 	if (!p)
 		return -ENOMEM;
 	rx->data = p;

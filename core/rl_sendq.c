@@ -3,13 +3,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rl_alloc.h"
 #include "rl_sendq.h"
 
 /* -- Chunk pool ---------------------------------------------------------- */
 
 int rl_chunkpool_init(struct rl_chunkpool *p, uint32_t max)
 {
-	p->free = calloc(max ? max : 1, sizeof(*p->free));
+	p->free = rl_calloc(max ? max : 1, sizeof(*p->free));
 	p->count = 0;
 	p->max = max;
 	return p->free ? 0 : -ENOMEM;
@@ -28,12 +29,12 @@ static uint8_t *chunk_get(struct rl_chunkpool *p, uint32_t *cap, size_t want)
 	/* Large strings get a piece of their own size: one copy, one iovec. */
 	if (want > RL_CHUNK_SIZE) {
 		*cap = (uint32_t)want;
-		return malloc(want);
+		return rl_malloc(want);
 	}
 	*cap = RL_CHUNK_SIZE;
 	if (p->count)
 		return p->free[--p->count];
-	return malloc(RL_CHUNK_SIZE);
+	return rl_malloc(RL_CHUNK_SIZE);
 }
 
 static void chunk_put(struct rl_chunkpool *p, uint8_t *c, uint32_t cap)
@@ -61,7 +62,7 @@ static struct rl_sendseg *seg_at(const struct rl_sendq *q, uint32_t i)
 static int grow(struct rl_sendq *q)
 {
 	uint32_t cap = q->cap * 2;
-	struct rl_sendseg *s = malloc(cap * sizeof(*s));
+	struct rl_sendseg *s = rl_malloc(cap * sizeof(*s));
 
 	if (!s)
 		return -ENOMEM;
@@ -101,32 +102,46 @@ int rl_sendq_push_copy(struct rl_sendq *q, struct rl_chunkpool *pool,
 {
 	const uint8_t *src = p;
 	struct rl_sendseg *t;
+	size_t room = 0;
+	uint8_t *base;
+	uint32_t cap;
 
-	if (q->count) {
-		t = seg_at(q, q->count - 1);
-		if (t->bid == RL_SEG_CHUNK && t->len < t->cap) {
-			size_t n = t->cap - t->len < len ? t->cap - t->len : len;
-
-			memcpy(t->base + t->len, src, n);
-			t->len += n;
-			q->bytes += n;
-			src += n;
-			len -= n;
-		}
-	}
 	if (!len)
 		return 0;
-	t = seg_push(q);
-	if (!t)
+	if (q->count) {
+		t = seg_at(q, q->count - 1);
+		if (t->bid == RL_SEG_CHUNK && t->len < t->cap)
+			room = t->cap - t->len;
+	}
+	if (len <= room) {
+		t = seg_at(q, q->count - 1);
+		memcpy(t->base + t->len, src, len);
+		t->len += (uint32_t)len;
+		q->bytes += len;
+		return 0;
+	}
+	/* All or nothing: take the new segment and its chunk before any byte
+	 * goes into the tail, so -ENOMEM leaves the queue as it was. */
+	base = chunk_get(pool, &cap, len - room);
+	if (!base)
 		return -ENOMEM;
-	t->base = chunk_get(pool, &t->cap, len);
-	if (!t->base) {
-		q->count--;
+	t = seg_push(q);
+	if (!t) {
+		chunk_put(pool, base, cap);
 		return -ENOMEM;
 	}
-	memcpy(t->base, src, len);
+	if (room) {
+		struct rl_sendseg *tail = seg_at(q, q->count - 2);
+
+		memcpy(tail->base + tail->len, src, room);
+		tail->len += (uint32_t)room;
+		src += room;
+	}
+	t->base = base;
+	t->cap = cap;
+	memcpy(t->base, src, len - room);
 	t->off = 0;
-	t->len = (uint32_t)len;
+	t->len = (uint32_t)(len - room);
 	t->bid = RL_SEG_CHUNK;
 	t->blob = NULL;
 	q->bytes += len;
@@ -264,7 +279,7 @@ int rl_sendq_detach(struct rl_sendq *q, struct rl_chunkpool *pool,
 			continue;       /* chunks and blobs hold no ring buffer */
 		/* Exact size: this only happens for slow readers, and the
 		 * copy must not be appended to (it sits mid-queue). */
-		copy = malloc(n ? n : 1);
+		copy = rl_malloc(n ? n : 1);
 		if (!copy)
 			return -ENOMEM;
 		memcpy(copy, s->base + s->off, n);

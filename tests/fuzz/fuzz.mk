@@ -37,7 +37,7 @@ $(BUILD)/fuzz/%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(FUZZ_OBJS) | f
 
 # The Lua parsers' target embeds LuaJIT and links no core object; the repo
 # root is compiled in for when the binary is not at $(BUILD)/fuzz/ under it.
-$(BUILD)/fuzz/lua_parsers: tests/fuzz/fuzz_lua_parsers.c | fuzz-deps
+$(BUILD)/fuzz/lua_parsers: tests/fuzz/fuzz_lua_parsers.c $(CDEF) | fuzz-deps
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer \
 		-DFUZZ_REPO_ROOT='"$(CURDIR)"' -o $@ $< $(LDLIBS)
