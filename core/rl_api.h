@@ -85,6 +85,13 @@ typedef struct rl_stats {
 	uint64_t handler_timeouts; /* handler calls stopped by the watchdog */
 	uint64_t lua_memory;       /* bytes the worker's Lua state holds */
 	uint64_t lua_memory_errors;/* allocations refused: over --lua-memory */
+	uint64_t accept_errors;    /* accepts that failed (EMFILE, ENFILE, ...) */
+	uint64_t sq_full;          /* submissions forced early: the SQ was full */
+	uint64_t cq_overflows;     /* polls that found the CQ overflowed */
+	uint64_t cq_dropped;       /* completions the kernel lost (never expected) */
+	/* Gauges, read when rl_worker_stats is called. */
+	uint64_t conns;            /* open connections on this worker */
+	uint64_t buffers_leased;   /* receive buffers out of the ring */
 } rl_stats;
 
 /* -- Event loop ---------------------------------------------------------- */

@@ -28,6 +28,9 @@ static const char usage[] =
 "                           runs longer (default 2000; 0 turns it off)\n"
 "      --lua-memory BYTES   Lua memory per worker; an allocation past it fails\n"
 "                           the handler that asked (default 1g)\n"
+"      --ring-entries N     io_uring submission queue size per worker, a power\n"
+"                           of two from 8 to 32768; the completion queue is 4x\n"
+"                           (default 4096)\n"
 "      --pin                pin worker i to CPU i\n"
 "      --log-level LEVEL    error, warn, info or debug (default info)\n"
 "      --builtin echo       serve with the C echo handler, no Lua (a baseline)\n"
@@ -59,6 +62,7 @@ void rl_options_defaults(struct rl_config *cfg, int online_cpus)
 	cfg->drain_timeout_ms = 5000;
 	cfg->handler_timeout_ms = 2000;
 	cfg->lua_memory = 1ull << 30;
+	cfg->ring_entries = 4096;
 	cfg->log_level = RL_LOG_INFO;
 }
 
@@ -116,7 +120,7 @@ static int num(const char *opt, const char *arg, uint64_t lo, uint64_t hi,
 enum {
 	OPT_HIGH = 256, OPT_LOW, OPT_UNCONSUMED, OPT_DRAIN, OPT_PIN,
 	OPT_LOGLEVEL, OPT_BUILTIN, OPT_CHECK, OPT_WATCH, OPT_DICT,
-	OPT_HANDLER_TIMEOUT, OPT_LUA_MEMORY,
+	OPT_HANDLER_TIMEOUT, OPT_LUA_MEMORY, OPT_RING,
 };
 
 static const struct option longopts[] = {
@@ -137,6 +141,7 @@ static const struct option longopts[] = {
 	{ "dict-memory", required_argument, NULL, OPT_DICT },
 	{ "handler-timeout", required_argument, NULL, OPT_HANDLER_TIMEOUT },
 	{ "lua-memory", required_argument, NULL, OPT_LUA_MEMORY },
+	{ "ring-entries", required_argument, NULL, OPT_RING },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -226,6 +231,14 @@ static int set_option(struct rl_config *cfg, int opt, const char *arg,
 		if (!(ret = num("lua-memory", arg, 8u << 20, 1ull << 40, &v, err,
 				len)))
 			cfg->lua_memory = v;
+		break;
+	case OPT_RING:
+		if (!(ret = num("ring-entries", arg, 8, 32768, &v, err, len)) &&
+		    (v & (v - 1)))
+			ret = bad(err, len, "invalid value '%s' for --ring-entries: "
+				  "must be a power of two%s", arg, "");
+		if (!ret)
+			cfg->ring_entries = (uint32_t)v;
 		break;
 	}
 	return ret;

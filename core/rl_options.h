@@ -22,6 +22,7 @@ struct rl_config {
 	uint32_t drain_timeout_ms;
 	uint32_t handler_timeout_ms; /* --handler-timeout; 0 = no watchdog */
 	size_t lua_memory;        /* --lua-memory: per worker Lua state */
+	uint32_t ring_entries;    /* --ring-entries: SQ size; the CQ is 4x */
 	int log_level;
 	int pin;                  /* pin worker i to CPU i */
 	int check_only;           /* --check: load the script and exit */

@@ -147,6 +147,7 @@ static struct io_uring_sqe *get_sqe(struct rl_worker *w)
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
 
 	while (unlikely(!sqe)) {
+		w->stats.sq_full++;
 		submit_now(w);
 		sqe = io_uring_get_sqe(&w->ring);
 	}
@@ -715,12 +716,22 @@ static NOINLINE int on_accept(struct rl_worker *w, struct io_uring_cqe *cqe,
 		l->armed = 0;
 	if (fd < 0) {
 		if (fd != -ECANCELED && !w->stopping) {
-			/* EMFILE and friends: try again later, not at once. */
-			rl_warn(w->id, "accept failed: %s; retrying in 100 ms",
-				strerror(-fd));
+			/* EMFILE and friends: try again later, not at once (the
+			 * pending connections wait in the listen backlog).  One
+			 * line when it starts and one when it ends, not ten a
+			 * second for as long as it lasts. */
+			w->stats.accept_errors++;
+			if (!l->failing++)
+				rl_warn(w->id, "accept failed: %s; retrying every "
+					"100 ms", strerror(-fd));
 			l->retry_at_ns = now_ns() + ACCEPT_RETRY_NS;
 		}
 		return 0;
+	}
+	if (unlikely(l->failing)) {
+		rl_info(w->id, "accepting again after %llu failed accepts",
+			(unsigned long long)l->failing);
+		l->failing = 0;
 	}
 	if (w->stopping)
 		goto reject;
@@ -945,6 +956,11 @@ static int reap(struct rl_worker *w, rl_event *ev, int n, int max)
 		seen++;
 	}
 	io_uring_cq_advance(&w->ring, seen);
+	/* More completions than the CQ holds: the kernel keeps the rest and
+	 * posts them at our next io_uring_enter (every poll enters). */
+	if (unlikely(IO_URING_READ_ONCE(*w->ring.sq.kflags) &
+		     IORING_SQ_CQ_OVERFLOW))
+		w->stats.cq_overflows++;
 	return n;
 }
 
@@ -1544,7 +1560,14 @@ int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,
 
 int rl_worker_id(rl_worker *w) { return w->id; }
 int rl_worker_count(rl_worker *w) { return w->shared->nworkers; }
-rl_stats *rl_worker_stats(rl_worker *w) { return &w->stats; }
+rl_stats *rl_worker_stats(rl_worker *w)
+{
+	w->stats.conns = w->conns.used;
+	w->stats.buffers_leased = w->br.leased;
+	if (w->ring_ready)
+		w->stats.cq_dropped = IO_URING_READ_ONCE(*w->ring.cq.koverflow);
+	return &w->stats;
+}
 rl_guard *rl_worker_guard(rl_worker *w) { return &w->guard; }
 
 void rl_worker_wake_at(rl_worker *w, uint64_t ns)
@@ -1578,6 +1601,9 @@ const char *rl_close_reason_text(int reason)
 
 static int setup_ring(struct rl_worker *w)
 {
+	/* A config filled by hand (the unit tests) may leave it 0. */
+	unsigned entries = w->cfg->ring_entries ? w->cfg->ring_entries
+						: RL_RING_ENTRIES;
 	struct io_uring_params p;
 	int ret;
 
@@ -1586,14 +1612,14 @@ static int setup_ring(struct rl_worker *w)
 	 * not by interrupting us mid-batch. */
 	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
 		  IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE;
-	p.cq_entries = RL_RING_ENTRIES * 4;
-	ret = io_uring_queue_init_params(RL_RING_ENTRIES, &w->ring, &p);
+	p.cq_entries = entries * 4;
+	ret = io_uring_queue_init_params(entries, &w->ring, &p);
 	if (ret == -EINVAL) {
 		memset(&p, 0, sizeof(p));
 		p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
 			  IORING_SETUP_CQSIZE;
-		p.cq_entries = RL_RING_ENTRIES * 4;
-		ret = io_uring_queue_init_params(RL_RING_ENTRIES, &w->ring, &p);
+		p.cq_entries = entries * 4;
+		ret = io_uring_queue_init_params(entries, &w->ring, &p);
 	}
 	if (ret)
 		return ret;

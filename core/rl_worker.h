@@ -42,6 +42,7 @@ struct rl_listener {
 	uint8_t armed;
 	uint8_t is_unix;
 	uint64_t retry_at_ns;       /* after an accept error, try again then */
+	uint64_t failing;           /* accept errors in a row, for the log */
 };
 
 struct rl_vec {

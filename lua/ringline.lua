@@ -49,6 +49,9 @@ function M.stats()
     handler_timeouts = tonumber(s.handler_timeouts),
     lua_memory = tonumber(s.lua_memory),
     lua_memory_errors = tonumber(s.lua_memory_errors),
+    accept_errors = tonumber(s.accept_errors), sq_full = tonumber(s.sq_full),
+    cq_overflows = tonumber(s.cq_overflows), cq_dropped = tonumber(s.cq_dropped),
+    conns = tonumber(s.conns), buffers_leased = tonumber(s.buffers_leased),
   }
 end
 

@@ -58,6 +58,9 @@ static void test_defaults(void **state)
 	assert_int_equal(c.high_water, 1048576);
 	assert_int_equal(c.low_water, 262144);
 	assert_int_equal(c.max_unconsumed, 1048576);
+	assert_int_equal(c.handler_timeout_ms, 2000);
+	assert_int_equal(c.lua_memory, 1ull << 30);
+	assert_int_equal(c.ring_entries, 4096);
 	assert_int_equal(c.drain_timeout_ms, 5000);
 	assert_int_equal(c.log_level, RL_LOG_INFO);
 	assert_int_equal(c.pin, 0);
@@ -243,6 +246,10 @@ static void test_range_boundaries_accepted(void **state)
 	assert_int_equal(cfg.drain_timeout_ms, 0);
 	assert_int_equal(PARSE("--drain-timeout", "3600000", "a.lua"), RL_OPT_RUN);
 	assert_int_equal(cfg.drain_timeout_ms, 3600000);
+	assert_int_equal(PARSE("--ring-entries", "8", "a.lua"), RL_OPT_RUN);
+	assert_int_equal(cfg.ring_entries, 8);
+	assert_int_equal(PARSE("--ring-entries", "32k", "a.lua"), RL_OPT_RUN);
+	assert_int_equal(cfg.ring_entries, 32768);
 }
 
 static void test_rejected_values(void **state)
@@ -276,6 +283,9 @@ static void test_rejected_values(void **state)
 	assert_rejected(PARSE("--drain-timeout", "3600001", "a.lua"),
 			"'3600001' for --drain-timeout");
 	assert_rejected(PARSE("--drain-timeout", "-5", "a.lua"), "--drain-timeout");
+	assert_rejected(PARSE("--ring-entries", "4", "a.lua"), "'4' for --ring-entries");
+	assert_rejected(PARSE("--ring-entries", "65536", "a.lua"), "--ring-entries");
+	assert_rejected(PARSE("--ring-entries", "1000", "a.lua"), "power of two");
 	assert_rejected(PARSE("--log-level", "verbose", "a.lua"),
 			"'verbose' for --log-level");
 	assert_rejected(PARSE("--log-level", "DEBUG", "a.lua"), "--log-level");
@@ -304,7 +314,8 @@ static void test_help_version(void **state)
 	static const char *const names[] = {
 		"--listen", "--workers", "--buffers", "--buffer-size",
 		"--max-conns", "--high-water", "--low-water", "--max-unconsumed",
-		"--drain-timeout", "--pin", "--log-level", "--builtin", "--check",
+		"--drain-timeout", "--ring-entries", "--pin", "--log-level",
+		"--builtin", "--check",
 		"--help", "--version",
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
