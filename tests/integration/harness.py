@@ -171,6 +171,18 @@ def echo_roundtrip(addr, payload=b"ping\n", timeout=5.0, sock=None):
             s.close()
 
 
+def stats_line(srv):
+    """The k=v counters a test script answers to "stats\n" on a new
+    connection (tests/scripts/runaway.lua, faults.lua), as ints."""
+    s = connect(srv.addr)
+    try:
+        s.sendall(b"stats\n")
+        line = recv_line(s, what="the stats line").decode()
+    finally:
+        s.close()
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+
+
 def wait_for(pred, timeout, interval=0.05):
     deadline = time.monotonic() + timeout
     while True:

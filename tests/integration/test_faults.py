@@ -2,13 +2,12 @@
 ring's queues, the peer mid-send) and nothing is lost or leaked."""
 
 import os
-import re
 import socket
 import struct
 import time
 
-from harness import (SCRIPTS, Server, check, connect, fail, read_until_closed,
-                     recv_exact, recv_line, wait_for)
+from harness import (SCRIPTS, Server, check, connect, read_until_closed, recv_exact,
+                     stats_line, wait_for)
 
 FAULTS_LUA = f"{SCRIPTS}/faults.lua"
 
@@ -30,16 +29,6 @@ def _server(ctx, args=(), prefix=()):
     ctx.servers.append(s)
     s.start()
     return s
-
-
-def _stats(srv):
-    s = connect(srv.addr)
-    try:
-        s.sendall(b"stats\n")
-        line = recv_line(s, what="the stats line").decode()
-    finally:
-        s.close()
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
 
 
 def _cpu_s(pid):
@@ -70,7 +59,7 @@ def _settled(srv, want_conns=1):
     st = {}
 
     def quiet():
-        st.update(_stats(srv))
+        st.update(stats_line(srv))
         return st["conns"] == want_conns and st["buffers_leased"] == 1
     wait_for(quiet, 10 * srv.ctx.factor, interval=0.1)
     return st

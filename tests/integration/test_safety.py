@@ -3,15 +3,13 @@ included), --lua-memory caps a worker's Lua heap; the rest keeps serving."""
 
 import os
 import re
-import selectors
 import signal
-import socket
 import subprocess
 import threading
 import time
 
 from harness import (REPO, SCRIPTS, EnvCtx, Server, check, connect, fail, free_port,
-                     read_until_closed, recv_line, wait_for)
+                     read_until_closed, recv_line, stats_line, wait_for)
 
 RUNAWAY_LUA = f"{SCRIPTS}/runaway.lua"
 
@@ -30,17 +28,6 @@ def _server(ctx, args=(), env=None, **kw):
     ctx.servers.append(s)
     s.start()
     return s
-
-
-def _stats(srv):
-    """This worker's counters, asked on a new connection."""
-    s = connect(srv.addr)
-    try:
-        s.sendall(b"stats\n")
-        line = recv_line(s, what="the stats line").decode()
-    finally:
-        s.close()
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
 
 
 class Echoers:
@@ -124,7 +111,7 @@ def test_runaway_on_data_stopped_others_served(ctx):
             check(line == want, f"{cmd}: stopped at line {line}, want {want}")
         ctx.log(f"{cmd}: closed after {dt * 1000:.0f} ms, watchdog says {ran} ms, line {line}")
     rounds = echo.stop()
-    st = _stats(srv)
+    st = stats_line(srv)
     check(st["timeouts"] == len(cases) and st["errors"] == len(cases),
           f"stats after {len(cases)} runaways: {st}")
     ctx.note(f"{len(cases)} runaways stopped at ~{timeout_ms} ms; 100 other connections "
@@ -149,7 +136,7 @@ def test_runaway_timer_callback_cancelled(ctx):
     time.sleep(0.5)
     check(len(re.findall(pat, srv.stderr())) == 1,
           f"the cancelled timer ran away again: {srv.stderr_tail()}")
-    check(_stats(srv)["timeouts"] == 1, "one handler timeout counted")
+    check(stats_line(srv)["timeouts"] == 1, "one handler timeout counted")
 
 
 VERSIONED = """-- a service whose version is {version!r}
@@ -248,7 +235,7 @@ def test_lua_memory_cap_closes_the_connection(ctx):
         except Exception as e:
             raise AssertionError(f"round {i}: the other connection: {e}: {srv.stderr_tail()}")
         check(line == b"still here\n", f"round {i}: echo on the other connection: {line!r}")
-    st = _stats(srv)
+    st = stats_line(srv)
     check(st["memory_errors"] >= 3, f"stats: {st}, want at least 3 refused allocations")
     check(st["errors"] == 3 and st["timeouts"] == 0, f"stats: {st}")
     check(0 < st["memory"] < 16 << 20, f"Lua memory after the collections: {st['memory']} bytes")
