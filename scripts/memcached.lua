@@ -29,7 +29,7 @@ local connmod = require "ringline.conn"
 
 local C = ffi.C
 local tonumber, tostring = tonumber, tostring
-local parse, expire_at = mc.parse, mc.expire_at
+local parse, expire_at, skip_refused = mc.parse, mc.expire_at, mc.skip_refused
 -- Connection methods called directly (conn:x() goes through __index).
 local send_ptr, send_value = connmod.methods.send_ptr,
   connmod.methods.send_value
@@ -571,16 +571,8 @@ local function on_data(conn, s)
       break
     end
     local keep = execute(conn, s, now)
-    pos = pos + n
-    sw = req.swallow
-    if sw > 0 then
-      if pos + sw <= size then
-        pos = pos + sw
-      else
-        st.swallow = pos + sw - size
-        pos = size
-      end
-    end
+    pos, sw = skip_refused(req, pos + n, size)
+    if sw > 0 then st.swallow = sw end
     if not keep then
       flush(conn)
       row[K_READ] = row[K_READ] + size

@@ -638,6 +638,20 @@ function M.expire_at(exptime, now_ms)
 end
 
 ---------------------------------------------------------------------------
+-- After a command parsed and handled, pos is the offset just past it in an
+-- offer of size bytes: step over the data block it announced and refused
+-- (req.swallow bytes, e.g. a value too large).  Returns the new position
+-- and how many bytes of the block are still to come in later arrivals (0
+-- when the whole block is here).
+
+function M.skip_refused(req, pos, size)
+  local sw = req.swallow
+  if sw == 0 then return pos, 0 end
+  if pos + sw <= size then return pos + sw, 0 end
+  return size, pos + sw - size
+end
+
+---------------------------------------------------------------------------
 -- memcached's incr/decr reading of a stored value: safe_strtoull over the
 -- value (leading whitespace, a sign, digits, then whitespace or the end).
 -- p, n: the value's bytes (a pointer and a length).  The result into

@@ -250,16 +250,8 @@ function memc.on_data(st, s, msgs)
       fail("memcache: swallow %s", q(req.swallow))
     end
     msgs[#msgs + 1] = mc_norm(req, s, pos, n)
-    pos = pos + n
-    sw = req.swallow
-    if sw > 0 then
-      if pos + sw <= size then
-        pos = pos + sw
-      else
-        st.swallow = pos + sw - size
-        pos = size
-      end
-    end
+    pos, sw = mc.skip_refused(req, pos + n, size)
+    if sw > 0 then st.swallow = sw end
   end
   return pos
 end

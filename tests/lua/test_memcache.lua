@@ -110,12 +110,7 @@ local function drive(chunks, opts)
         return outs, ""
       end
       outs[#outs + 1] = describe(req, s, pos, n)
-      pos = pos + n
-      if req.swallow > 0 then
-        local k = math.min(req.swallow, #data - pos)
-        pos = pos + k
-        swallow = req.swallow - k
-      end
+      pos, swallow = mc.skip_refused(req, pos + n, #data)
     end
     local _ = buf
     pending = data:sub(pos + 1)
@@ -125,6 +120,20 @@ end
 
 ---------------------------------------------------------------------------
 -- commands and their fields
+
+T.skip_refused = function()
+  local req = mc.new_request()
+  req.swallow = 0
+  eq(select("#", mc.skip_refused(req, 7, 10)), 2)
+  local p, left = mc.skip_refused(req, 7, 10)
+  eq(p, 7) eq(left, 0)
+  req.swallow = 3
+  p, left = mc.skip_refused(req, 7, 10)
+  eq(p, 10) eq(left, 0)          -- the block ends the offer exactly
+  req.swallow = 5
+  p, left = mc.skip_refused(req, 7, 10)
+  eq(p, 10) eq(left, 2)          -- two more bytes to come
+end
 
 T.get_family = function()
   ok("get foo\r\n", "GET n=9 [get|foo] key=1")
