@@ -155,6 +155,7 @@ bench: bench-deps all $(BENCH_TOOLS)
 	bash tests/bench/bench_proxy.sh $(BUILD)
 	bash tests/bench/bench_redis.sh $(BUILD)
 	bash tests/bench/bench_memcached.sh $(BUILD)
+	python3 tests/bench/bench_hostile.py $(BUILD)
 
 # -- Install ------------------------------------------------------------------
 install: all
