@@ -1,4 +1,4 @@
-/* fuzz_prefetch.c: fuzzes rl_worker_prefetch (core/rl_worker.c) and rl_dict_prefetch with arbitrary event bytes, each in its own exact allocation: no read out of bounds, and the count found equals a model of the key each line names. */
+/* fuzz_prefetch.c: fuzzes rl_worker_prefetch (core/rl_conn_api.c) and rl_dict_prefetch with arbitrary event bytes, each in its own exact allocation: no read out of bounds, and the count found equals a model of the key each line names. */
 #include <errno.h>
 
 #include "fuzz_input.h"
