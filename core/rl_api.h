@@ -202,6 +202,16 @@ double rl_conn_last_active_ms(rl_worker *w, uint32_t conn, uint32_t gen);
 /* Unsent bytes queued on a connection. */
 size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen);
 
+/* 1 while the connection's unsent bytes are at most --high-water, 0 when
+ * they are over it (or the connection is gone).  A handler that answers
+ * many requests from one offer checks it as it goes and, at 0, returns the
+ * bytes consumed so far: the rest is held, no further bytes of the
+ * connection reach the handler, and when the queue has drained to
+ * --low-water what it left is offered again, in order, before anything
+ * newer.  Output is bounded where it is produced, not only between
+ * calls. */
+int rl_conn_writable(rl_worker *w, uint32_t conn, uint32_t gen);
+
 /* Peer address as text ("127.0.0.1:5000", "[::1]:5000", "unix").
  * Returns the length or -errno. */
 int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,

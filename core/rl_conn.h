@@ -52,6 +52,10 @@ struct rl_conn {
 	uint8_t rx_held;        /* residue left while user_paused: offered
 				 * again on resume (when rx.len > 0) */
 	uint8_t rx_reoffer;     /* resumed with held bytes: on w->again */
+	uint8_t wr_full_seen;   /* rl_conn_writable said 0 during this offer */
+	uint8_t wr_blocked;     /* ... and the handler stopped there with
+				 * bytes left: they are held (rx_held) until
+				 * the queue drains to low water */
 	uint8_t eof_pending;    /* EOF event held back until the held bytes
 				 * have been offered */
 	uint8_t resolving;      /* CONNECTING: waiting for its host name's

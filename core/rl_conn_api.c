@@ -193,6 +193,19 @@ size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen)
 	return c ? c->sq.bytes : 0;
 }
 
+int rl_conn_writable(rl_worker *w, uint32_t conn, uint32_t gen)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	if (!c)
+		return 0;
+	if (c->sq.bytes <= w->cfg->high_water)
+		return 1;
+	/* The handler was told: bytes it leaves now wait for the drain. */
+	c->wr_full_seen = 1;
+	return 0;
+}
+
 int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,
 		 size_t len)
 {

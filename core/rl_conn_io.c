@@ -24,14 +24,50 @@ static NOINLINE void close_unconsumed(struct rl_worker *w, struct rl_conn *c,
  * only if it is paused now, as it returns (it has just seen these bytes). */
 static void offer_done(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
-	c->rx_held = c->user_paused && c->rx.len;
+	/* Told its queue was over high water (rl_conn_writable), the handler
+	 * stopped with bytes left: they wait for the drain, and so does
+	 * everything the peer sends meanwhile.  Bytes left for want of more
+	 * (a frame not complete) are not held: they need the next arrival. */
+	c->wr_blocked = c->rx.len && c->wr_full_seen &&
+			c->sq.bytes > w->cfg->high_water;
+	c->wr_full_seen = 0;
+	c->rx_held = (c->user_paused || c->wr_blocked) && c->rx.len;
 	c->rx_reoffer = 0;
+	if (unlikely(c->wr_blocked))
+		queue_work(w, c, idx);
 	if (unlikely(c->eof_pending || c->rd_eof)) {
 		/* An EOF event or a close waited for these bytes. */
 		if (c->eof_pending && !c->rx_held)
 			again_push(w, c, idx);
 		queue_work(w, c, idx);
 	}
+}
+
+/* The handler stopped with bytes left while the connection's queue was over
+ * high water (offer_done): it sees nothing more of the connection until the
+ * queue drains to low water.  Arrivals still on their way (the receive is
+ * cancelled) join the held bytes, in order; the drain offers them all
+ * (process_conn, unblock).  A handler that consumed everything is not
+ * stopped: its next arrivals are offered as before (an echo queues them
+ * without a copy). */
+static NOINLINE int hold_arrival(struct rl_worker *w, struct rl_conn *c,
+				 rl_event *ev)
+{
+	int ret;
+
+	c->wr_blocked = 1;
+	if (ev->len) {
+		ret = rl_rxbuf_keep(&c->rx, ev->ptr, ev->len,
+				    w->max_unconsumed, &w->stats.residue_copied);
+		if (ret) {
+			close_unconsumed(w, c, ev->conn, ret);
+			return -1;
+		}
+	}
+	if (c->rx.len)
+		c->rx_held = 1;
+	queue_work(w, c, ev->conn);
+	return -1;
 }
 
 int rl_rx_begin(rl_worker *w, rl_event *ev)
@@ -42,6 +78,9 @@ int rl_rx_begin(rl_worker *w, rl_event *ev)
 
 	if (unlikely(!offer_live(c)))
 		return -1;
+	if (unlikely(c->wr_blocked))
+		return hold_arrival(w, c, ev);
+	c->wr_full_seen = 0;
 	/* The common case: nothing left over, the buffer is offered as is. */
 	if (likely(c->rx.len == 0)) {
 		if (unlikely(ev->len == 0))

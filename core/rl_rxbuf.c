@@ -159,6 +159,16 @@ int rl_rxbuf_consumed(struct rl_rxbuf *rx, uint32_t n, size_t limit,
 	}
 }
 
+int rl_rxbuf_keep(struct rl_rxbuf *rx, const uint8_t *buf, uint32_t len,
+		  size_t limit, uint64_t *copied)
+{
+	int ret = append(rx, buf, len, limit);
+
+	if (!ret)
+		*copied += len;
+	return ret;
+}
+
 int rl_rxbuf_reoffer(struct rl_rxbuf *rx, struct rl_rx_offer *o)
 {
 	if (rx->len == 0)

@@ -58,6 +58,11 @@ int rl_rxbuf_begin(struct rl_rxbuf *rx, const uint8_t *buf, uint32_t len,
 int rl_rxbuf_consumed(struct rl_rxbuf *rx, uint32_t n, size_t limit,
 		      struct rl_rx_offer *o, uint64_t *copied);
 
+/* Keep all of an arrival in the residue without offering it (the handler
+ * is not to see it yet).  Only between offers.  0, -EMSGSIZE or -ENOMEM. */
+int rl_rxbuf_keep(struct rl_rxbuf *rx, const uint8_t *buf, uint32_t len,
+		  size_t limit, uint64_t *copied);
+
 /* Offer the residue again by itself, with no arrival (nothing is copied).
  * Returns 0 with the offer in o, or -1 when there is no residue.  Finish it
  * with rl_rxbuf_consumed, which then returns 0. */

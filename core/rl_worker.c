@@ -171,6 +171,23 @@ static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		cancel_recv(w, c, idx);
 }
 
+/* The queue of a connection whose handler stopped over high water has
+ * drained: what it left is offered again at this poll, before anything
+ * received later. */
+static NOINLINE void unblock(struct rl_worker *w, struct rl_conn *c,
+			     uint32_t idx)
+{
+	if (c->user_paused || !rx_holding(c) || c->rx.phase != RL_RX_IDLE ||
+	    c->rx_reoffer) {
+		c->wr_blocked = 0;      /* a resume or an offer will see them */
+		return;
+	}
+	if (again_push(w, c, idx) == 0) {   /* else: tried again next time */
+		c->rx_reoffer = 1;
+		c->wr_blocked = 0;
+	}
+}
+
 static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
 	if (unlikely(c->aborting)) {
@@ -184,6 +201,8 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		if (c->sq.bytes && !c->send_inflight)
 			submit_send(w, c, idx);
 		backpressure(w, c, idx);
+		if (unlikely(c->wr_blocked) && c->sq.bytes <= w->cfg->low_water)
+			unblock(w, c, idx);
 		if (unlikely(c->drain_notify) && c->sq.bytes <= w->cfg->low_water &&
 		    !c->send_inflight)
 			vec_push64(&w->drained, (uint64_t)c->gen << 32 | idx);

@@ -31,8 +31,8 @@ local C = ffi.C
 local tonumber, tostring = tonumber, tostring
 local parse, expire_at, skip_refused = mc.parse, mc.expire_at, mc.skip_refused
 -- Connection methods called directly (conn:x() goes through __index).
-local send_ptr, send_value = connmod.methods.send_ptr,
-  connmod.methods.send_value
+local send_ptr, send_value, writable = connmod.methods.send_ptr,
+  connmod.methods.send_value, connmod.methods.writable
 
 pcall(ffi.cdef, [[
 int getpid(void);
@@ -57,6 +57,10 @@ local VERSION_LINE = "VERSION " .. VERSION .. "\r\n"
 -- Values up to this size are copied into the reply buffer; bigger ones are
 -- sent from the dictionary's memory.
 local COPY_MAX = 8192
+-- Replies collect in `out` and go to the connection every OUT_CHUNK bytes;
+-- past --high-water the handler stops there (one buffer of pipelined gets
+-- answers megabytes: output is bounded where it is made).
+local OUT_CHUNK = 16384
 -- A get line may be this long (memcached: unbounded); anything unconsumed
 -- past the service's max_unconsumed closes the connection anyway.
 local MAX_GET_LINE = 1048576
@@ -133,9 +137,12 @@ end
 -- -- Replies ----------------------------------------------------------------
 
 -- Send what the reply buffer holds.
+local sent = false   -- flush queued bytes since on_data last looked
+
 local function flush(conn)
   local n = #out
   if n > 0 then
+    sent = true
     local p = out:ref()
     send_ptr(conn, p, n)
     row[K_WRITTEN] = row[K_WRITTEN] + n
@@ -573,6 +580,12 @@ local function on_data(conn, s)
     local keep = execute(conn, s, now)
     pos, sw = skip_refused(req, pos + n, size)
     if sw > 0 then st.swallow = sw end
+    if #out >= OUT_CHUNK then flush(conn) end
+    if sent then
+      -- Over high water: the rest waits, held, for the queue to drain.
+      sent = false
+      if keep and not writable(conn) then break end
+    end
     if not keep then
       flush(conn)
       row[K_READ] = row[K_READ] + size

@@ -134,10 +134,12 @@ local function arg_len(i) return CMD.len[i] end
 -- Replies
 
 local big = false                -- the reply buffer grew past SHRINK_AT
+local sent = false               -- flush queued bytes since on_data looked
 
 local function flush()
   local n = #B
   if n > 0 then
+    sent = true
     if n > SHRINK_AT then big = true end
     local p, len = B:ref()
     CONN:send_ptr(p, len)
@@ -1737,6 +1739,12 @@ local function on_data(conn, data)
         return size
       end
       if #B >= FLUSH_AT then flush() end
+      if sent then
+        -- Over high water: the rest of the pipeline waits, held, for
+        -- the queue to drain (output bounded where it is made).
+        sent = false
+        if not conn:writable() then break end
+      end
       k = k + 1
       if k >= 64 then         -- a long pipeline: read the clock again
         k = 0

@@ -160,6 +160,14 @@ function methods.unsent(c)
   return tonumber(C.rl_conn_unsent(W, c._idx, c._gen))
 end
 
+-- false once the unsent bytes are over --high-water (or the connection is
+-- gone).  A handler answering pipelined requests checks it as it goes and,
+-- at false, returns the bytes consumed so far: the core holds the rest and
+-- offers it again, in order, once the queue has drained to --low-water.
+function methods.writable(c)
+  return C.rl_conn_writable(W, c._idx, c._gen) == 1
+end
+
 local mt = {
   __index = function(c, k)
     local m = methods[k]

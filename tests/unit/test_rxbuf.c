@@ -563,6 +563,49 @@ static void test_property_copy_is_bounded(void **state)
 	}
 }
 
+/* Arrivals kept whole behind a residue, then offered together in order;
+ * the limit holds and a refusal changes nothing. */
+static void test_keep_then_reoffer(void **state)
+{
+	struct rl_rxbuf rx = { 0 };
+	struct rl_rx_offer o;
+	uint8_t a[100], b[3000], c[500], all[3540];
+	uint64_t copied = 0;
+
+	(void)state;
+	fill(a, sizeof(a), 1);
+	fill(b, sizeof(b), 2);
+	fill(c, sizeof(c), 3);
+	make_residue(&rx, a, 100, 40, &copied);
+	assert_int_equal(rl_rxbuf_keep(&rx, b, sizeof(b), LIMIT, &copied), 0);
+	assert_int_equal(rl_rxbuf_keep(&rx, c, sizeof(c), LIMIT, &copied), 0);
+	assert_int_equal(copied, 40 + 3000 + 500);
+	assert_int_equal(rx.phase, RL_RX_IDLE);
+	memcpy(all, a + 60, 40);
+	memcpy(all + 40, b, 3000);
+	memcpy(all + 3040, c, 500);
+	/* Over the limit: refused, the residue as it was. */
+	assert_int_equal(rl_rxbuf_keep(&rx, b, sizeof(b), 4000, &copied), -EMSGSIZE);
+	assert_int_equal(rx.len, 3540);
+	assert_int_equal(copied, 3540);
+	assert_int_equal(rl_rxbuf_reoffer(&rx, &o), 0);
+	assert_int_equal(o.len, 3540);
+	assert_memory_equal(o.ptr, all, 3540);
+	assert_int_equal(rl_rxbuf_consumed(&rx, 1000, LIMIT, &o, &copied), 0);
+	assert_int_equal(rx.len, 2540);
+	assert_memory_equal(rx.data, all + 1000, 2540);
+	/* Kept into an empty residue: the arrival alone. */
+	rl_rxbuf_free(&rx);
+	assert_int_equal(rl_rxbuf_keep(&rx, c, sizeof(c), LIMIT, &copied), 0);
+	assert_int_equal(rl_rxbuf_reoffer(&rx, &o), 0);
+	assert_int_equal(o.len, 500);
+	assert_memory_equal(o.ptr, c, 500);
+	assert_int_equal(rl_rxbuf_consumed(&rx, 500, LIMIT, &o, &copied), 0);
+	assert_int_equal(rx.len, 0);
+	assert_null(rx.data);
+	rl_rxbuf_free(&rx);
+}
+
 static void test_reoffer(void **state)
 {
 	struct rl_rxbuf rx = { 0 };
@@ -709,6 +752,7 @@ int main(void)
 		cmocka_unit_test(test_limit_when_spanning_frame_needs_all),
 		cmocka_unit_test(test_property_random_cuts),
 		cmocka_unit_test(test_property_copy_is_bounded),
+		cmocka_unit_test(test_keep_then_reoffer),
 		cmocka_unit_test(test_reoffer),
 		cmocka_unit_test(test_property_reoffer_between_arrivals),
 	};
