@@ -161,15 +161,22 @@ int rl_rx_eof(rl_worker *w, rl_event *ev)
 
 /* -- Sends ---------------------------------------------------------------- */
 
+/* Open (or connecting: sends queue until it is established) and not
+ * closing or shut for writing. */
+static inline int may_send(const struct rl_conn *c)
+{
+	return c && (c->state == RL_CONN_OPEN ||
+		     c->state == RL_CONN_CONNECTING) &&
+	       !c->close_req && !c->aborting && !c->wr_shut_req;
+}
+
 int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
 		 size_t len, int32_t bid)
 {
 	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
 	int ret;
 
-	if (unlikely(!c || (c->state != RL_CONN_OPEN &&
-			    c->state != RL_CONN_CONNECTING) ||
-		     c->close_req || c->aborting || c->wr_shut_req))
+	if (unlikely(!may_send(c)))
 		return -EPIPE;
 	if (unlikely(!len))
 		return 0;
@@ -198,9 +205,7 @@ int rl_conn_send_blob(rl_worker *w, uint32_t conn, uint32_t gen, rl_blob *b,
 	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
 	int ret;
 
-	if (unlikely(!c || (c->state != RL_CONN_OPEN &&
-			    c->state != RL_CONN_CONNECTING) ||
-		     c->close_req || c->aborting || c->wr_shut_req))
+	if (unlikely(!may_send(c)))
 		return -EPIPE;
 	if (off > b->len || len > b->len - off)
 		return -EINVAL;
