@@ -89,6 +89,7 @@ typedef struct rl_stats {
 	uint64_t sq_full;          /* submissions forced early: the SQ was full */
 	uint64_t cq_overflows;     /* polls that found the CQ overflowed */
 	uint64_t cq_dropped;       /* completions the kernel lost (never expected) */
+	uint64_t heap_trims;       /* idle malloc_trim calls after closes */
 	/* Gauges, read when rl_worker_stats is called. */
 	uint64_t conns;            /* open connections on this worker */
 	uint64_t buffers_leased;   /* receive buffers out of the ring */

@@ -24,6 +24,7 @@
  */
 
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -131,6 +132,8 @@ static void conn_shutdown(struct rl_conn *c)
 	}
 }
 
+#define RL_TRIM_DELAY_NS 1000000000ull  /* closes to trim_heap, if idle */
+
 static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
 	if (c->fd >= 0)
@@ -150,6 +153,8 @@ static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	}
 	atomic_fetch_sub(&w->shared->live_conns, 1);
 	w->stats.closed++;
+	if (!w->trim_at_ns)
+		w->trim_at_ns = w->clock.mono_ns + RL_TRIM_DELAY_NS;
 }
 
 static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
@@ -656,6 +661,18 @@ static int emit_closed(struct rl_worker *w, rl_event *ev, int n, int max)
 
 /* now: the clock if the caller read it, else 0 (read here only when a
  * deadline needs it: the common wait has none). */
+/* A second after connections closed, with nothing to do: what they held
+ * (send chunks, residues, replies) went back to malloc, which keeps freed
+ * memory; malloc_trim returns its free pages to the kernel, so RSS follows
+ * an attack's end instead of staying at its peak.  Only when idle, and at
+ * most once a second: it walks the whole heap. */
+static NOINLINE void trim_heap(struct rl_worker *w)
+{
+	malloc_trim(0);
+	w->trim_at_ns = 0;
+	w->stats.heap_trims++;
+}
+
 static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 {
 	struct io_uring_cqe *cqe;
@@ -678,6 +695,14 @@ static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 		until = w->wake_at_ns;
 	if (w->resolve_due_ns && w->resolve_due_ns < until)
 		until = w->resolve_due_ns;
+	if (unlikely(w->trim_at_ns)) {
+		if (!now)
+			now = now_ns();
+		if (now >= w->trim_at_ns)
+			trim_heap(w);
+		else if (w->trim_at_ns < until)
+			until = w->trim_at_ns;
+	}
 	for (int i = 0; i < w->nls; i++)
 		if (!w->ls[i].armed && w->ls[i].fd >= 0 &&
 		    w->ls[i].retry_at_ns < until)

@@ -94,6 +94,8 @@ struct rl_worker {
 	int aborted;
 	uint64_t deadline_ns;
 	uint64_t wake_at_ns;        /* earliest Lua timer, 0 = none */
+	uint64_t trim_at_ns;        /* connections closed: give free heap back
+				     * to the kernel then, if idle; 0 = none */
 	rl_clock clock;             /* read once per poll, after the wait */
 	int reload_pending;
 	uint64_t voted_round;       /* last reload round this worker voted in */

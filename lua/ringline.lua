@@ -51,6 +51,7 @@ function M.stats()
     lua_memory_errors = tonumber(s.lua_memory_errors),
     accept_errors = tonumber(s.accept_errors), sq_full = tonumber(s.sq_full),
     cq_overflows = tonumber(s.cq_overflows), cq_dropped = tonumber(s.cq_dropped),
+    heap_trims = tonumber(s.heap_trims),
     conns = tonumber(s.conns), buffers_leased = tonumber(s.buffers_leased),
   }
 end
