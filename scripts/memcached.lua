@@ -565,6 +565,7 @@ local function on_data(conn, s)
     pos = sw
   end
   local now = unix_ms()
+  sent = false      -- the last call's final flush was another story
   while pos < size do
     local n = parse(s, req, pos)
     if n < 0 then

@@ -1718,6 +1718,7 @@ local function on_data(conn, data)
   NOW = now()
   -- A command that raised left its partial reply here: not for this one.
   B:reset()
+  sent = false      -- the last call's final flush was another story
   local k = 0
   while off < size do
     local n = parse_command(data, off, cmd, LIMITS)
