@@ -155,8 +155,10 @@ int rl_dict_touch(rl_dict *d, const void *key, size_t klen,
 int rl_dict_incr(rl_dict *d, const void *key, size_t klen, int64_t delta,
 		 int64_t now_ms, int64_t *result);
 /* memcached incr/decr: absent -ENOENT; the value must be 1 to 20 decimal
- * digits that fit in 64 bits, else -EINVAL.  incr wraps modulo 2^64, decr
- * stops at 0.  Keeps expiry and flags. */
+ * digits that fit in 64 bits, maybe followed by spaces (64 bytes at most),
+ * else -EINVAL.  incr wraps modulo 2^64, decr stops at 0.  A result
+ * shorter than the value is padded with spaces to its length, as memcached
+ * updates in place.  Keeps expiry and flags. */
 int rl_dict_incr_u64(rl_dict *d, const void *key, size_t klen,
 		     uint64_t delta, int decr, int64_t now_ms,
 		     uint64_t *result);

@@ -141,20 +141,30 @@ static int parse_i64(const uint8_t *p, size_t n, int64_t *out)
 	return 0;
 }
 
-/* memcached's rule: 1 to 20 digits, leading zeros allowed, fits 64 bits. */
+/* memcached's rule: 1 to 20 digits, leading zeros allowed, fits 64 bits;
+ * then the spaces an earlier in-place decrement left (up to U64_TEXT_MAX
+ * bytes in all: longer or other forms take the caller's strtoull path). */
+#define U64_TEXT_MAX 64
 static int parse_u64(const uint8_t *p, size_t n, uint64_t *out)
 {
 	uint64_t v = 0;
+	size_t digits = 0;
 
-	if (n == 0 || n > 20)
+	if (n == 0 || n > U64_TEXT_MAX)
 		return -EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		unsigned dgt = p[i] - '0';
+	while (digits < n && p[digits] != ' ') {
+		unsigned dgt = p[digits] - '0';
 
-		if (dgt > 9 || v > (UINT64_MAX - dgt) / 10)
+		if (dgt > 9 || v > (UINT64_MAX - dgt) / 10 || digits == 20)
 			return -EINVAL;
 		v = v * 10 + dgt;
+		digits++;
 	}
+	if (digits == 0)
+		return -EINVAL;
+	for (size_t i = digits; i < n; i++)
+		if (p[i] != ' ')
+			return -EINVAL;
 	*out = v;
 	return 0;
 }
@@ -241,7 +251,8 @@ static int incr_u64_op(struct wctx *w, void *arg)
 	struct incr_u64_arg *a = arg;
 	struct entry *e = rld_find_live(w->s, &w->k, w->now);
 	uint64_t cur, res;
-	char buf[NUM_CAP];
+	char buf[U64_TEXT_MAX];
+	size_t len;
 	int ret;
 
 	if (!e)
@@ -252,7 +263,14 @@ static int incr_u64_op(struct wctx *w, void *arg)
 		res = cur > a->delta ? cur - a->delta : 0;
 	else
 		res = cur + a->delta;      /* wraps, as memcached does */
-	ret = num_store(w, e, buf, fmt_u64(buf, res));
+	/* memcached writes a number that fits over the old one, padded with
+	 * spaces ("10" decr 1 reads back "9 "); clients see the same bytes. */
+	len = fmt_u64(buf, res);
+	if (len < e->val->len) {
+		memset(buf + len, ' ', e->val->len - len);
+		len = e->val->len;
+	}
+	ret = num_store(w, e, buf, len);
 	if (!ret && a->result)
 		*a->result = res;
 	return ret;

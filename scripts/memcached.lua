@@ -301,6 +301,7 @@ local function arith_slow(kp, kl, delta, decr, now)
     end
     local b = blob_out[0]
     local ok = mc.value_u64(b.data, b.len, num_tmp)
+    local old_len = tonumber(b.len)
     C.rl_blob_unref(b)
     if not ok then return nil, "not a number" end
     local v = num_tmp[0]
@@ -310,6 +311,9 @@ local function arith_slow(kp, kl, delta, decr, now)
       v = v + delta
     end
     local str = tostring(v):gsub("ULL$", "")
+    if #str < old_len then    -- memcached's in-place update pads with spaces
+      str = str .. string.rep(" ", old_len - #str)
+    end
     local ret = C.rl_dict_set_ex(D, kp, kl, str, #str, exp_out[0], XX,
                                  flags_out[0], cas_out[0], now, nil)
     if ret == 0 then return v end

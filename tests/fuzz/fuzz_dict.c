@@ -89,6 +89,12 @@ static size_t pick_val(struct fuzz_in *in, struct model *m)
 	if (kind == 0) {        /* a number, for incr */
 		n = (size_t)snprintf((char *)m->buf, sizeof(m->buf), "%" PRId64,
 				     (int64_t)in_u64(in) >> (in_u8(in) % 64));
+		if (in_u8(in) % 4 == 0) {       /* as a shortening decr leaves it */
+			size_t pad = in_u8(in) % 48;
+
+			memset(m->buf + n, ' ', pad);
+			n += pad;
+		}
 		return n;
 	}
 	n = kind < 6 ? in_u8(in) % 64 : in_u16(in) % 4096;
@@ -242,19 +248,25 @@ static void op_incr(struct fuzz_in *in, struct model *m, int i,
 		store(k, (uint8_t *)s, strlen(s), 0, 0);
 }
 
-/* memcached's rule: 1 to 20 digits that fit in 64 bits. */
+/* memcached's rule: 1 to 20 digits that fit in 64 bits, then only spaces
+ * (what a shortening update leaves), 64 bytes in all. */
 static int digits_u64(const struct mkey *k, uint64_t *v)
 {
-	char s[32];
+	char s[80];
 	char *end;
+	size_t nd = 0;
 
-	if (k->len == 0 || k->len > 20)
+	if (k->len == 0 || k->len > 64)
 		return 0;
-	for (size_t j = 0; j < k->len; j++)
-		if (k->val[j] < '0' || k->val[j] > '9')
+	while (nd < k->len && k->val[nd] >= '0' && k->val[nd] <= '9')
+		nd++;
+	if (nd == 0 || nd > 20)
+		return 0;
+	for (size_t j = nd; j < k->len; j++)
+		if (k->val[j] != ' ')
 			return 0;
-	memcpy(s, k->val, k->len);
-	s[k->len] = 0;
+	memcpy(s, k->val, nd);
+	s[nd] = 0;
 	errno = 0;
 	*v = strtoull(s, &end, 10);
 	return !errno;
@@ -266,7 +278,8 @@ static void op_incr_u64(struct fuzz_in *in, struct model *m, int i,
 	struct mkey *k = &m->keys[i];
 	uint64_t delta = in_u64(in) >> (in_u8(in) % 64), cur = 0, res = 0, want_v;
 	int decr = in_u8(in) % 2, want = 0, ret;
-	char s[32];
+	char s[80];
+	size_t n;
 
 	if (!live(m, i))
 		want = -ENOENT;
@@ -283,8 +296,12 @@ static void op_incr_u64(struct fuzz_in *in, struct model *m, int i,
 	want_v = decr ? (cur > delta ? cur - delta : 0) : cur + delta;
 	FUZZ_CHECK(res == want_v, "incr_u64 %s: %" PRIu64 ", want %" PRIu64,
 		   key, res, want_v);
-	snprintf(s, sizeof(s), "%" PRIu64, want_v);
-	store(k, (uint8_t *)s, strlen(s), k->flags32, k->at);
+	n = (size_t)snprintf(s, sizeof(s), "%" PRIu64, want_v);
+	if (n < k->len) {               /* padded to the old length */
+		memset(s + n, ' ', k->len - n);
+		n = k->len;
+	}
+	store(k, (uint8_t *)s, n, k->flags32, k->at);
 }
 
 static void op_append(struct fuzz_in *in, struct model *m, int i,

@@ -415,7 +415,7 @@ static void test_incr_u64(void **state)
 {
 	rl_dict *d = *state;
 	static const char *bad[] = {
-		"", "-1", "abc", "1 ", " 1", "+1", "1.0", "18446744073709551616",
+		"", "-1", "abc", " ", " 1", "1 x", "1\t", "+1", "1.0", "18446744073709551616",
 		"99999999999999999999", "000000000000000000001",
 	};
 	uint64_t r = 5;
@@ -432,7 +432,7 @@ static void test_incr_u64(void **state)
 	assert_int_equal(r, 0);                 /* decr stops at 0 */
 	assert_int_equal(rl_dict_incr_u64(d, "c", 1, 1, 1, NOW, &r), 0);
 	assert_int_equal(r, 0);
-	assert_val(d, "c", "0");
+	assert_val(d, "c", "0 ");     /* memcached pads what it shortens */
 
 	put(d, "c", "18446744073709551615", 0);
 	assert_int_equal(rl_dict_incr_u64(d, "c", 1, 1, 0, NOW, &r), 0);
@@ -443,7 +443,17 @@ static void test_incr_u64(void **state)
 	put(d, "c", "007", 0);
 	assert_int_equal(rl_dict_incr_u64(d, "c", 1, 1, 0, NOW, &r), 0);
 	assert_int_equal(r, 8);
-	assert_val(d, "c", "8");
+	assert_val(d, "c", "8  ");
+	assert_int_equal(rl_dict_incr_u64(d, "c", 1, 992, 0, NOW, &r), 0);
+	assert_val(d, "c", "1000");        /* longer: no padding left */
+	put(d, "c", "5                                                      "
+		    "         ", 0);          /* 64 bytes: still the fast path */
+	assert_int_equal(rl_dict_incr_u64(d, "c", 1, 10, 0, NOW, &r), 0);
+	assert_int_equal(r, 15);
+	put(d, "c", "5                                                      "
+		    "          ", 0);         /* 65: the caller's strtoull */
+	assert_int_equal(rl_dict_incr_u64(d, "c", 1, 10, 0, NOW, &r),
+			 -EINVAL);
 	put(d, "c", "00000000000000000001", 0);     /* 20 digits: fine */
 	assert_int_equal(rl_dict_incr_u64(d, "c", 1, 1, 0, NOW, &r), 0);
 	assert_int_equal(r, 2);
