@@ -26,7 +26,7 @@ LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
 EXPORT := -Wl,-E
 
 CORE := rl_bufring rl_conn rl_rxbuf rl_sendq rl_options rl_listen rl_log \
-	rl_worker rl_worker_setup rl_conn_io rl_conn_api rl_connect \
+	rl_worker rl_worker_setup rl_conn_io rl_conn_api rl_connect rl_file \
 	rl_lua rl_reload rl_dict rl_dict_rmw rl_dict_scan rl_resolve rl_watchdog
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o)
 HEADERS := $(wildcard core/*.h)
@@ -80,7 +80,7 @@ $(BUILD):
 
 # The one place the FFI declarations come from: core/rl_api.h (and the
 # rl_dict.h it includes).
-$(CDEF): core/rl_api.h core/rl_dict.h | deps
+$(CDEF): core/rl_api.h core/rl_dict.h core/rl_file.h | deps
 	{ echo '-- Generated from core/rl_api.h by the Makefile: do not edit.'; \
 	  echo 'local ffi = require "ffi"'; \
 	  echo 'ffi.cdef[['; \

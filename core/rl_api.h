@@ -15,6 +15,8 @@
 
 /* The shared dictionary's declarations join the cdef from their header. */
 #include "rl_dict.h"
+/* So do files sent from disk. */
+#include "rl_file.h"
 
 typedef struct rl_worker rl_worker;
 

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "rl_alloc.h"
 #include "rl_sendq.h"
@@ -12,12 +13,15 @@ int rl_chunkpool_init(struct rl_chunkpool *p, uint32_t max)
 {
 	p->free = rl_calloc(max ? max : 1, sizeof(*p->free));
 	p->count = 0;
+	p->nfilebufs = 0;
 	p->max = max;
 	return p->free ? 0 : -ENOMEM;
 }
 
 void rl_chunkpool_free(struct rl_chunkpool *p)
 {
+	while (p->nfilebufs)
+		free(p->filebufs[--p->nfilebufs]);
 	while (p->count)
 		free(p->free[--p->count]);
 	free(p->free);
@@ -204,6 +208,76 @@ int rl_sendq_push_ref(struct rl_sendq *q, struct rl_bufring *br,
 	return 0;
 }
 
+int rl_sendq_push_file(struct rl_sendq *q, int fd, int64_t offset,
+		       int64_t len)
+{
+	struct rl_sendfile *f;
+	struct rl_sendseg *t;
+
+	if (fd < 0 || offset < 0 || len < 0 || offset > INT64_MAX - len)
+		return -EINVAL;
+	if (!len)
+		return 0;       /* nothing to send; the caller closes fd */
+	f = rl_calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	t = seg_push(q);
+	if (!t) {
+		free(f);
+		return -ENOMEM;
+	}
+	f->fd = fd;
+	f->pos = offset;
+	f->unread = len;
+	t->base = NULL;
+	t->off = t->len = t->cap = 0;
+	t->bid = RL_SEG_FILE;
+	t->file = f;
+	q->bytes += (size_t)len;
+	q->file_bytes += (size_t)len;
+	return 0;
+}
+
+static void filebuf_put(struct rl_chunkpool *p, uint8_t *b)
+{
+	if (!b)
+		return;
+	if (p->nfilebufs < RL_FILEBUF_KEEP)
+		p->filebufs[p->nfilebufs++] = b;
+	else
+		free(b);
+}
+
+struct rl_sendfile *rl_sendq_file_to_read(struct rl_sendq *q,
+					  struct rl_chunkpool *pool, int *err)
+{
+	*err = 0;
+	for (uint32_t i = 0; i < q->count; i++) {
+		struct rl_sendseg *s = seg_at(q, i);
+		struct rl_sendfile *f;
+
+		if (s->bid != RL_SEG_FILE) {
+			if (s->len != s->off)
+				return NULL;    /* bytes before it go first */
+			continue;
+		}
+		f = s->file;
+		if (f->buf_off < f->buf_len || !f->unread)
+			return NULL;
+		if (!f->buf) {
+			f->buf = pool->nfilebufs ? pool->filebufs[--pool->nfilebufs]
+						 : rl_malloc(RL_FILEBUF_SIZE);
+			if (!f->buf) {
+				*err = -ENOMEM;
+				return NULL;
+			}
+		}
+		f->buf_off = f->buf_len = 0;
+		return f;
+	}
+	return NULL;
+}
+
 int rl_sendq_iov(const struct rl_sendq *q, struct iovec *iov, int max,
 		 size_t *bytes)
 {
@@ -213,6 +287,19 @@ int rl_sendq_iov(const struct rl_sendq *q, struct iovec *iov, int max,
 	for (uint32_t i = 0; i < q->count && n < max; i++) {
 		struct rl_sendseg *s = seg_at(q, i);
 
+		if (s->bid == RL_SEG_FILE) {
+			struct rl_sendfile *f = s->file;
+
+			if (f->buf_off < f->buf_len) {
+				iov[n].iov_base = f->buf + f->buf_off;
+				iov[n].iov_len = f->buf_len - f->buf_off;
+				*bytes += iov[n].iov_len;
+				n++;
+			}
+			if (f->unread)
+				break;  /* what follows waits for the read */
+			continue;
+		}
 		if (s->len == s->off)
 			continue;
 		iov[n].iov_base = s->base + s->off;
@@ -226,12 +313,29 @@ int rl_sendq_iov(const struct rl_sendq *q, struct iovec *iov, int max,
 static void seg_release(struct rl_sendseg *s, struct rl_chunkpool *pool,
 			struct rl_bufring *br)
 {
-	if (s->bid >= 0)
+	if (s->bid >= 0) {
 		rl_bufring_unref(br, (uint32_t)s->bid);
-	else if (s->bid == RL_SEG_BLOB)
+	} else if (s->bid == RL_SEG_BLOB) {
 		rl_blob_unref(s->blob);
-	else
+	} else if (s->bid == RL_SEG_FILE) {
+		close(s->file->fd);
+		filebuf_put(pool, s->file->buf);
+		free(s->file);
+	} else {
 		chunk_put(pool, s->base, s->cap);
+	}
+}
+
+/* n bytes of a file segment's buffer were sent (n at most what it holds).
+ * Returns 1 when the segment is done. */
+static int file_advance(struct rl_sendq *q, struct rl_sendfile *f, size_t n)
+{
+	f->buf_off += (uint32_t)n;
+	q->bytes -= n;
+	if (f->buf_off < f->buf_len)
+		return 0;
+	f->buf_off = f->buf_len = 0;
+	return f->unread == 0;
 }
 
 void rl_sendq_advance(struct rl_sendq *q, struct rl_chunkpool *pool,
@@ -241,6 +345,19 @@ void rl_sendq_advance(struct rl_sendq *q, struct rl_chunkpool *pool,
 		struct rl_sendseg *s = seg_at(q, 0);
 		size_t left = s->len - s->off;
 
+		if (s->bid == RL_SEG_FILE) {
+			struct rl_sendfile *f = s->file;
+			size_t held = f->buf_len - f->buf_off;
+			size_t k = n < held ? n : held;
+
+			n -= k;
+			if (!file_advance(q, f, k))
+				return;     /* more to read, or to send */
+			seg_release(s, pool, br);
+			q->head = (q->head + 1) & (q->cap - 1);
+			q->count--;
+			continue;
+		}
 		if (n < left) {
 			s->off += (uint32_t)n;
 			q->bytes -= n;
@@ -302,5 +419,6 @@ void rl_sendq_clear(struct rl_sendq *q, struct rl_chunkpool *pool,
 		q->count--;
 	}
 	q->bytes = 0;
+	q->file_bytes = 0;
 	shrink_if_empty(q);
 }

@@ -17,6 +17,8 @@
 
 #define RL_SENDQ_INLINE 4
 #define RL_CHUNK_SIZE 4096
+#define RL_FILEBUF_SIZE (64 * 1024)  /* one read of a file segment */
+#define RL_FILEBUF_KEEP 8            /* free file buffers a worker keeps */
 
 /* Free list of send chunks, one per worker: no allocation per send once
  * traffic is steady. */
@@ -24,10 +26,25 @@ struct rl_chunkpool {
 	void **free;
 	uint32_t count;
 	uint32_t max;
+	uint32_t nfilebufs;
+	void *filebufs[RL_FILEBUF_KEEP];
 };
 
 #define RL_SEG_CHUNK (-1)    /* bid of an owned chunk */
 #define RL_SEG_BLOB (-2)     /* bid of a range of a dictionary value */
+#define RL_SEG_FILE (-3)     /* bid of a range of a file (struct rl_sendfile) */
+
+
+/* A file range being sent: read a buffer at a time (by the worker, with
+ * io_uring), sent, read again.  The queue owns fd. */
+struct rl_sendfile {
+	int fd;
+	int64_t pos;          /* file offset of the next read */
+	int64_t unread;       /* bytes still to read */
+	uint8_t *buf;         /* RL_FILEBUF_SIZE bytes while reading */
+	uint32_t buf_off;     /* bytes of buf already sent */
+	uint32_t buf_len;     /* bytes read into buf */
+};
 
 struct rl_sendseg {
 	uint8_t *base;
@@ -35,7 +52,10 @@ struct rl_sendseg {
 	uint32_t len;      /* bytes queued */
 	uint32_t cap;      /* chunk capacity; 0 for a ring buffer range */
 	int32_t bid;       /* ring buffer leased, RL_SEG_CHUNK or RL_SEG_BLOB */
-	rl_blob *blob;     /* RL_SEG_BLOB: the value this segment holds a ref on */
+	union {
+		rl_blob *blob;     /* RL_SEG_BLOB: the value it holds a ref on */
+		struct rl_sendfile *file;  /* RL_SEG_FILE (len, off unused) */
+	};
 };
 
 struct rl_sendq {
@@ -44,6 +64,7 @@ struct rl_sendq {
 	uint32_t count;
 	uint32_t cap;
 	size_t bytes;                /* queued and not yet sent */
+	size_t file_bytes;           /* of which in file segments, unread */
 	struct rl_sendseg inline_segs[RL_SENDQ_INLINE];
 };
 
@@ -60,7 +81,18 @@ int rl_sendq_push_ref(struct rl_sendq *q, struct rl_bufring *br,
 /* Queue len bytes of a dictionary value without copying; takes a ref on
  * the blob until they are sent. */
 int rl_sendq_push_blob(struct rl_sendq *q, rl_blob *b, size_t off, size_t len);
-/* Fill iov with up to max pieces from the front; returns pieces. */
+/* Queue len bytes of file fd from offset; the queue owns fd from a 0
+ * return (closed when sent or cleared).  0, -EINVAL or -ENOMEM. */
+int rl_sendq_push_file(struct rl_sendq *q, int fd, int64_t offset,
+		       int64_t len);
+/* The file segment whose bytes must be read before anything more can be
+ * sent (it is first with bytes unsent and its buffer is empty), with its
+ * buffer taken from the pool; NULL if there is none (or -ENOMEM: *err). */
+struct rl_sendfile *rl_sendq_file_to_read(struct rl_sendq *q,
+					  struct rl_chunkpool *pool,
+					  int *err);
+/* Fill iov with up to max pieces from the front, up to a file segment's
+ * unread bytes; returns pieces. */
 int rl_sendq_iov(const struct rl_sendq *q, struct iovec *iov, int max,
 		 size_t *bytes);
 /* n bytes were sent: release what is done. */

@@ -94,9 +94,19 @@ static void submit_send(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 
 	if (w->nslots == RL_SEND_SLOTS)
 		submit_now(w);
-	sqe = get_sqe(w);
 	slot = &w->slots[w->nslots];
 	niov = rl_sendq_iov(&c->sq, slot->iov, RL_IOV_MAX, &bytes);
+	if (unlikely(niov == 0)) {
+		/* The front is a file whose next bytes are not read yet. */
+		if (rl_w_submit_file_read(w, c, idx)) {
+			if (!c->close_reason)
+				c->close_reason = -ENOMEM;
+			c->aborting = 1;
+			queue_work(w, c, idx);
+		}
+		return;
+	}
+	sqe = get_sqe(w);
 	if (niov == 1) {
 		io_uring_prep_send(sqe, c->fd, slot->iov[0].iov_base,
 				   slot->iov[0].iov_len, MSG_NOSIGNAL);
@@ -600,6 +610,9 @@ static inline int on_cqe(struct rl_worker *w, struct io_uring_cqe *cqe,
 		return on_accept(w, cqe, ev);
 	case OP_WAKE:
 		on_wake(w, cqe);
+		return 0;
+	case OP_FILE_READ:
+		rl_w_on_file_read(w, cqe);
 		return 0;
 	default:
 		return 0;

@@ -35,6 +35,7 @@ enum rl_op {
 	OP_WAKE,
 	OP_CONNECT,
 	OP_LINK_TIMEOUT,
+	OP_FILE_READ,
 };
 
 static inline uint64_t ud_make(enum rl_op op, uint32_t gen, uint32_t idx)
@@ -196,5 +197,13 @@ NOINLINE void rl_w_expire_resolving(struct rl_worker *w);
 /* A CONNECT completion: 1 when it made an event. */
 NOINLINE int rl_w_on_connect(struct rl_worker *w, struct io_uring_cqe *cqe,
 			     rl_event *ev);
+
+/* -- File segments of send queues (rl_file.c) ----------------------------- */
+
+/* Read the connection's next file bytes (its queue's front is a file
+ * segment with nothing read): 0, or -errno when no read was started. */
+int rl_w_submit_file_read(struct rl_worker *w, struct rl_conn *c,
+			  uint32_t idx);
+NOINLINE void rl_w_on_file_read(struct rl_worker *w, struct io_uring_cqe *cqe);
 
 #endif

@@ -67,6 +67,18 @@ function methods.send_ptr(c, p, n)
   return true
 end
 
+-- Queue len bytes of an open regular file (an fd from C.rl_file_open_at)
+-- from offset, after what is queued: the worker reads it with io_uring a
+-- chunk at a time, so memory does not follow the file's size.  On true the
+-- connection owns fd (closed once sent or at close); on nil, err the
+-- caller still does.
+function methods.send_file(c, fd, offset, len)
+  if c.closed then return nil, "closed" end
+  local ret = C.rl_conn_send_file(W, c._idx, c._gen, fd, offset, len)
+  if ret ~= 0 then return send_error(ret) end
+  return true
+end
+
 -- Close once everything queued has been sent.
 function methods.close(c)
   if c.closed then return end

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "rl_bufring.h"
 #include "rl_sendq.h"
@@ -514,6 +516,103 @@ static void test_clear(void **state)
 	assert_int_equal(f->q.bytes, 0);
 }
 
+/* What the worker does for a file segment: read into its buffer (here
+ * pread instead of the ring), then send what rl_sendq_iov offers. */
+static int fake_read(struct fixture *f)
+{
+	int err;
+	struct rl_sendfile *sf = rl_sendq_file_to_read(&f->q, &f->pool, &err);
+	ssize_t n;
+
+	if (!sf)
+		return 0;
+	n = pread(sf->fd, sf->buf, sf->unread < RL_FILEBUF_SIZE ?
+		  (size_t)sf->unread : RL_FILEBUF_SIZE, sf->pos);
+	assert_true(n > 0);
+	sf->buf_off = 0;
+	sf->buf_len = (uint32_t)n;
+	sf->pos += n;
+	sf->unread -= n;
+	f->q.file_bytes -= (size_t)n;
+	return 1;
+}
+
+static void test_file_segments(void **state)
+{
+	struct fixture *f = *state;
+	char path[] = "/tmp/rl-test-sendq-XXXXXX";
+	size_t size = 3 * RL_FILEBUF_SIZE + 1234, got = 0, sent_max = 7000;
+	uint8_t *file = malloc(size), *out = malloc(size + 64);
+	int fd = mkstemp(path), fd2;
+	struct iovec iov[16];
+	size_t bytes;
+	int n;
+
+	assert_true(fd >= 0);
+	unlink(path);
+	pattern(file, size, 9);
+	assert_int_equal(write(fd, file, size), (ssize_t)size);
+	fd2 = dup(fd);
+
+	assert_int_equal(rl_sendq_push_file(&f->q, fd, -1, 5), -EINVAL);
+	assert_int_equal(rl_sendq_push_file(&f->q, fd, 0, -5), -EINVAL);
+	assert_int_equal(rl_sendq_push_copy(&f->q, &f->pool, "head", 4), 0);
+	assert_int_equal(rl_sendq_push_file(&f->q, fd, 100, size - 100), 0);
+	assert_int_equal(rl_sendq_push_copy(&f->q, &f->pool, "tail", 4), 0);
+	assert_int_equal(f->q.bytes, size - 100 + 8);
+	assert_int_equal(f->q.file_bytes, size - 100);
+
+	/* The head goes first; the file waits for it. */
+	assert_int_equal(fake_read(f), 0);
+	n = rl_sendq_iov(&f->q, iov, 16, &bytes);
+	assert_int_equal(n, 1);
+	assert_int_equal(bytes, 4);
+	rl_sendq_advance(&f->q, &f->pool, &f->br, 4);
+	/* Now the file, a buffer at a time, sent in pieces; the tail only
+	 * once the last bytes are read. */
+	for (;;) {
+		if (!rl_sendq_iov(&f->q, iov, 16, &bytes) && !fake_read(f))
+			break;
+		n = rl_sendq_iov(&f->q, iov, 16, &bytes);
+		if (!n)
+			break;
+		if (bytes > sent_max)
+			bytes = sent_max;       /* a short send */
+		for (int i = 0, left = (int)bytes; i < n && left; i++) {
+			size_t k = iov[i].iov_len < (size_t)left ? iov[i].iov_len
+								 : (size_t)left;
+
+			memcpy(out + got, iov[i].iov_base, k);
+			got += k;
+			left -= (int)k;
+		}
+		rl_sendq_advance(&f->q, &f->pool, &f->br, bytes);
+		sent_max = sent_max * 3 + 1;
+	}
+	assert_int_equal(got, size - 100 + 4);
+	assert_memory_equal(out, file + 100, size - 100);
+	assert_memory_equal(out + size - 100, "tail", 4);
+	assert_int_equal(f->q.count, 0);
+	assert_int_equal(f->q.bytes, 0);
+	assert_int_equal(f->q.file_bytes, 0);
+	assert_int_equal(f->pool.nfilebufs, 1);        /* the buffer is kept */
+	assert_int_equal(fcntl(fd, F_GETFD), -1);      /* the queue closed fd */
+
+	/* Cleared with bytes read and unread: fd closed, buffer back. */
+	fd = dup(fd2);
+	assert_int_equal(rl_sendq_push_file(&f->q, fd, 0, size), 0);
+	assert_int_equal(fake_read(f), 1);
+	assert_int_equal(f->pool.nfilebufs, 0);
+	rl_sendq_advance(&f->q, &f->pool, &f->br, 10);
+	rl_sendq_clear(&f->q, &f->pool, &f->br);
+	assert_int_equal(f->q.file_bytes, 0);
+	assert_int_equal(f->pool.nfilebufs, 1);
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
+	close(fd2);
+	free(file);
+	free(out);
+}
+
 /* Past the inline segments with the ring's head in the middle, so growing
  * has to unwrap it; then back to inline once empty. */
 static void test_grow_and_shrink(void **state)
@@ -677,6 +776,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_advance_all_at_once, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_detach, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_clear, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_file_segments, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_grow_and_shrink, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_property_model, setup, teardown),
 	};
