@@ -26,7 +26,7 @@ LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
 EXPORT := -Wl,-E
 
 CORE := rl_bufring rl_conn rl_rxbuf rl_sendq rl_options rl_listen rl_log \
-	rl_worker rl_worker_setup rl_conn_io rl_conn_api rl_connect rl_file \
+	rl_worker rl_worker_setup rl_conn_io rl_conn_api rl_connect rl_file rl_budget \
 	rl_lua rl_reload rl_dict rl_dict_rmw rl_dict_scan rl_resolve rl_watchdog
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o)
 HEADERS := $(wildcard core/*.h)

@@ -60,6 +60,8 @@ enum rl_close_reason {
 				  * the CLOSE event's text says which and why */
 	RL_CLOSE_RUNAWAY = 7,    /* a handler ran past --handler-timeout */
 	RL_CLOSE_NOMEM = 8,      /* a handler's allocation passed --lua-memory */
+	RL_CLOSE_CLIENT_MEMORY = 9, /* among the largest holders of unsent and
+				     * unconsumed bytes past --max-client-memory */
 };
 
 /* A zero-copy view of received bytes.  C never builds one; the struct lives
@@ -92,9 +94,11 @@ typedef struct rl_stats {
 	uint64_t cq_overflows;     /* polls that found the CQ overflowed */
 	uint64_t cq_dropped;       /* completions the kernel lost (never expected) */
 	uint64_t heap_trims;       /* idle malloc_trim calls after closes */
+	uint64_t client_memory_closes; /* closed past --max-client-memory */
 	/* Gauges, read when rl_worker_stats is called. */
 	uint64_t conns;            /* open connections on this worker */
 	uint64_t buffers_leased;   /* receive buffers out of the ring */
+	uint64_t client_memory;    /* unsent + unconsumed bytes held here */
 } rl_stats;
 
 /* -- Event loop ---------------------------------------------------------- */

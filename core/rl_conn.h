@@ -64,6 +64,7 @@ struct rl_conn {
 	int close_reason;
 	uint32_t inflight_bytes;
 	uint64_t active_ns;     /* last receive or send completion */
+	uint64_t mem_counted;   /* unsent + residue bytes in w->client_bytes */
 	void *connect_arg;      /* address and timeout, until connect ends */
 	char *close_text;       /* the close reason in words, when a code says
 				 * too little; freed with the slot */

@@ -224,6 +224,7 @@ rl_stats *rl_worker_stats(rl_worker *w)
 {
 	w->stats.conns = w->conns.used;
 	w->stats.buffers_leased = w->br.leased;
+	w->stats.client_memory = w->client_bytes;
 	if (w->ring_ready)
 		w->stats.cq_dropped = IO_URING_READ_ONCE(*w->ring.cq.koverflow);
 	return &w->stats;
@@ -253,6 +254,7 @@ const char *rl_close_reason_text(int reason)
 	case RL_CLOSE_RESOLVE: return "host name did not resolve";
 	case RL_CLOSE_RUNAWAY: return "handler ran past --handler-timeout";
 	case RL_CLOSE_NOMEM: return "handler passed --lua-memory";
+	case RL_CLOSE_CLIENT_MEMORY: return "largest holder past --max-client-memory";
 	}
 	return reason < 0 ? strerror(-reason) : "unknown";
 }

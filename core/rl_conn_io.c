@@ -33,8 +33,8 @@ static void offer_done(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	c->wr_full_seen = 0;
 	c->rx_held = (c->user_paused || c->wr_blocked) && c->rx.len;
 	c->rx_reoffer = 0;
-	if (unlikely(c->wr_blocked))
-		queue_work(w, c, idx);
+	if (unlikely(c->wr_blocked || conn_mem(c) != c->mem_counted))
+		queue_work(w, c, idx);      /* and its memory is counted again */
 	if (unlikely(c->eof_pending || c->rd_eof)) {
 		/* An EOF event or a close waited for these bytes. */
 		if (c->eof_pending && !c->rx_held)

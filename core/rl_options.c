@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "rl_api.h"
 #include "rl_log.h"
@@ -23,6 +24,9 @@ static const char usage[] =
 "      --high-water BYTES   unsent bytes that stop a connection's reads (default 1m)\n"
 "      --low-water BYTES    unsent bytes that resume them (default 256k)\n"
 "      --max-unconsumed BYTES  unconsumed bytes a connection may keep (default 1m)\n"
+"      --max-client-memory BYTES  unsent and unconsumed bytes of all connections\n"
+"                           together; past it the largest holders are closed\n"
+"                           first (default a quarter of physical memory; 0: off)\n"
 "      --drain-timeout MS   on SIGTERM, time to finish sends (default 5000)\n"
 "      --handler-timeout MS  stop a handler call, timer callback or init that\n"
 "                           runs longer (default 2000; 0 turns it off)\n"
@@ -59,6 +63,10 @@ void rl_options_defaults(struct rl_config *cfg, int online_cpus)
 	cfg->high_water = 1u << 20;
 	cfg->low_water = 256u << 10;
 	cfg->max_unconsumed = 1u << 20;
+	/* A quarter of RAM: clients that never read (or send half a huge
+	 * request) cannot push the appliance into swap or the OOM killer. */
+	cfg->max_client_memory = (uint64_t)sysconf(_SC_PHYS_PAGES) *
+				 (uint64_t)sysconf(_SC_PAGESIZE) / 4;
 	cfg->drain_timeout_ms = 5000;
 	cfg->handler_timeout_ms = 2000;
 	cfg->lua_memory = 1ull << 30;
@@ -120,7 +128,7 @@ static int num(const char *opt, const char *arg, uint64_t lo, uint64_t hi,
 enum {
 	OPT_HIGH = 256, OPT_LOW, OPT_UNCONSUMED, OPT_DRAIN, OPT_PIN,
 	OPT_LOGLEVEL, OPT_BUILTIN, OPT_CHECK, OPT_WATCH, OPT_DICT,
-	OPT_HANDLER_TIMEOUT, OPT_LUA_MEMORY, OPT_RING,
+	OPT_HANDLER_TIMEOUT, OPT_LUA_MEMORY, OPT_RING, OPT_CLIENT_MEMORY,
 };
 
 static const struct option longopts[] = {
@@ -141,6 +149,7 @@ static const struct option longopts[] = {
 	{ "dict-memory", required_argument, NULL, OPT_DICT },
 	{ "handler-timeout", required_argument, NULL, OPT_HANDLER_TIMEOUT },
 	{ "lua-memory", required_argument, NULL, OPT_LUA_MEMORY },
+	{ "max-client-memory", required_argument, NULL, OPT_CLIENT_MEMORY },
 	{ "ring-entries", required_argument, NULL, OPT_RING },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
@@ -225,6 +234,11 @@ static int set_option(struct rl_config *cfg, int opt, const char *arg,
 	case OPT_HANDLER_TIMEOUT:
 		if (!(ret = num("handler-timeout", arg, 0, 3600000, &v, err, len)))
 			cfg->handler_timeout_ms = (uint32_t)v;
+		break;
+	case OPT_CLIENT_MEMORY:
+		if (!(ret = num("max-client-memory", arg, 0, 1ull << 50, &v, err,
+				len)))
+			cfg->max_client_memory = v;
 		break;
 	case OPT_LUA_MEMORY:
 		/* Below a few MiB the ringline modules themselves do not load. */

@@ -19,6 +19,7 @@ struct rl_config {
 	size_t high_water;        /* unsent bytes that pause a connection's recv */
 	size_t low_water;         /* ... and that resume it */
 	size_t max_unconsumed;    /* residue limit per connection */
+	uint64_t max_client_memory; /* unsent + residues, process-wide; 0 = off */
 	uint32_t drain_timeout_ms;
 	uint32_t handler_timeout_ms; /* --handler-timeout; 0 = no watchdog */
 	size_t lua_memory;        /* --lua-memory: per worker Lua state */

@@ -153,6 +153,8 @@ static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	c->connect_arg = NULL;
 	rl_rxbuf_free(&c->rx);
 	rl_sendq_clear(&c->sq, &w->pool, &w->br);
+	w->client_bytes -= c->mem_counted;
+	c->mem_counted = 0;
 	c->state = RL_CONN_DEAD;
 	c->parked = 0;
 	if (vec_push32(&w->closed, idx)) {
@@ -208,6 +210,11 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	if (unlikely(c->aborting)) {
 		c->state = RL_CONN_CLOSING;
 		conn_shutdown(c);
+		/* After SHUT_RD the kernel still queues what the peer sends,
+		 * and a multishot recv goes on delivering it: a peer that keeps
+		 * sending would keep the connection (and its fd) forever. */
+		if (c->recv_armed)
+			cancel_recv(w, c, idx);
 		if (!c->send_inflight)
 			rl_sendq_clear(&c->sq, &w->pool, &w->br);
 	} else if (c->state == RL_CONN_CONNECTING) {
@@ -241,6 +248,7 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		if (want_recv(c) && !c->recv_armed && !c->parked)
 			arm_recv(w, c, idx);
 	}
+	conn_mem_update(w, c);
 	if (c->state == RL_CONN_CLOSING && !c->recv_armed && !c->send_inflight)
 		finalize(w, c, idx);
 }
@@ -759,6 +767,8 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 	if (unlikely(w->resolving.n))
 		rl_w_expire_resolving(w);
 	process_work(w);
+	if (w->cfg->max_client_memory)
+		rl_w_client_memory_check(w);
 	if (w->parked.n)
 		rearm_parked(w);
 	rl_bufring_publish(&w->br);

@@ -35,6 +35,13 @@ struct rl_shared {
 	rl_dict *dict;              /* --dict-memory, shared by all workers */
 	struct rl_resolver *resolver; /* host names of outbound connects */
 	struct rl_reload reload;
+	/* --max-client-memory: what each worker's connections hold, and its
+	 * largest holder, published once per poll (one line each). */
+	struct {
+		_Atomic uint64_t bytes;
+		_Atomic uint64_t largest;
+		char pad[48];
+	} client_mem[1024];
 };
 
 struct rl_listener {
@@ -94,6 +101,8 @@ struct rl_worker {
 	int aborted;
 	uint64_t deadline_ns;
 	uint64_t wake_at_ns;        /* earliest Lua timer, 0 = none */
+	uint64_t client_bytes;      /* sum of the connections' mem_counted */
+	int published_largest;      /* client_mem[id].largest is not 0 */
 	uint64_t trim_at_ns;        /* connections closed: give free heap back
 				     * to the kernel then, if idle; 0 = none */
 	rl_clock clock;             /* read once per poll, after the wait */

@@ -167,6 +167,22 @@ static inline int rx_holding(const struct rl_conn *c)
 	return c->rx_held && c->rx.len;
 }
 
+/* What a connection holds for --max-client-memory: queued bytes (a file
+ * range's only once read) and the residue's allocation. */
+static inline uint64_t conn_mem(const struct rl_conn *c)
+{
+	return c->sq.bytes - c->sq.file_bytes + c->rx.cap;
+}
+
+static inline void conn_mem_update(struct rl_worker *w, struct rl_conn *c)
+{
+	/* An aborting connection's bytes are being dropped. */
+	uint64_t m = c->aborting ? 0 : conn_mem(c);
+
+	w->client_bytes += m - c->mem_counted;
+	c->mem_counted = m;
+}
+
 /* Look at the connection at the next poll (emit_again). */
 static inline int again_push(struct rl_worker *w, const struct rl_conn *c,
 			     uint32_t idx)
@@ -205,5 +221,11 @@ NOINLINE int rl_w_on_connect(struct rl_worker *w, struct io_uring_cqe *cqe,
 int rl_w_submit_file_read(struct rl_worker *w, struct rl_conn *c,
 			  uint32_t idx);
 NOINLINE void rl_w_on_file_read(struct rl_worker *w, struct io_uring_cqe *cqe);
+
+/* -- --max-client-memory (rl_budget.c) ------------------------------------ */
+
+/* Once per poll: publish what this worker's connections hold and, while
+ * the process is over the budget, close the largest holders first. */
+NOINLINE void rl_w_client_memory_check(struct rl_worker *w);
 
 #endif

@@ -52,6 +52,8 @@ function M.stats()
     accept_errors = tonumber(s.accept_errors), sq_full = tonumber(s.sq_full),
     cq_overflows = tonumber(s.cq_overflows), cq_dropped = tonumber(s.cq_dropped),
     heap_trims = tonumber(s.heap_trims),
+    client_memory_closes = tonumber(s.client_memory_closes),
+    client_memory = tonumber(s.client_memory),
     conns = tonumber(s.conns), buffers_leased = tonumber(s.buffers_leased),
   }
 end

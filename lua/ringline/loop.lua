@@ -31,6 +31,7 @@ local REASONS = {
   [C.RL_CLOSE_ERROR] = "error", [C.RL_CLOSE_UNCONSUMED] = "unconsumed",
   [C.RL_CLOSE_SHUTDOWN] = "shutdown", [C.RL_CLOSE_TIMEOUT] = "timeout",
   [C.RL_CLOSE_RUNAWAY] = "handler-timeout", [C.RL_CLOSE_NOMEM] = "lua-memory",
+  [C.RL_CLOSE_CLIENT_MEMORY] = "client-memory",
 }
 
 local function reason_text(res)

@@ -198,3 +198,56 @@ def test_memcached_and_redis_pipelines_held_and_answered(ctx):
     got = recv_exact(s, len(want) * n, timeout=20 * ctx.factor, what="the held GETs' answers")
     check(got == want * n, "redis: held GETs answered wrong")
     s.close()
+
+
+def test_client_memory_budget_closes_largest_first(ctx):
+    """--max-client-memory 40m on redis.lua (which lets one connection keep
+    1 GiB of a bulk string unconsumed): two clients send 6 and 3 MiB of
+    bulk strings they have not finished, a third sends 24 MiB of one.
+    Past the budget the largest holder is closed, logged with its peer
+    and bytes, counted; the others finish their SETs and a fresh client is
+    served."""
+    srv = _server(ctx, script="scripts/redis.lua",
+                  args=["--max-client-memory", "40m"])
+    mib = 1 << 20
+
+    def start(n_total, n_now):
+        s = connect(srv.addr)
+        s.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % n_total)
+        s.sendall(b"v" * n_now)
+        return s
+
+    b = start(8 * mib, 6 * mib)
+    c = start(4 * mib, 3 * mib)
+    time.sleep(0.3)
+    a = start(64 * mib, 0)
+    a.settimeout(10 * ctx.factor)
+    closed = False
+    try:
+        for _ in range(24):
+            a.sendall(b"v" * mib)
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    if not closed:
+        try:
+            closed = a.recv(100) == b""
+        except ConnectionResetError:
+            closed = True
+    check(closed, "the largest holder was not closed")
+    for s, rest in ((b, 2 * mib), (c, 1 * mib)):
+        s.sendall(b"v" * rest + b"\r\n")
+        check(recv_exact(s, 5, timeout=5 * ctx.factor, what="+OK") == b"+OK\r\n",
+              "a smaller holder was not served")
+        s.close()
+    f = connect(srv.addr)
+    f.sendall(b"PING\r\n")
+    check(recv_exact(f, 7, what="PONG") == b"+PONG\r\n", "fresh client")
+    f.close()
+    a.close()
+    with open(srv.stderr_path) as fh:
+        log = fh.read()
+    lines = [l for l in log.splitlines() if "max-client-memory" in l]
+    check(len(lines) == 1, f"want one log line for the close, got {lines}")
+    check("127.0.0.1:" in lines[0] and "holds" in lines[0], f"log line: {lines[0]}")
+    ctx.log(lines[0].split("closing: ")[-1][:160])
+    srv.assert_alive()
