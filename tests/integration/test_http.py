@@ -971,10 +971,13 @@ def test_http_static_files(ctx):
                            (b"/static/sub/deeper/x.css", files["sub/deeper/x.css"][0])]:
             c.send(get(path))
             check_resp(c.read_response(), 200, data, f"GET {path!r}")
-        for path in (b"/static/", b"/static/nope.html", b"/static/sub", b"/static/sub/",
-                     b"/static/index.html/", b"/static/sub/nope"):
+        for path in (b"/static/nope.html", b"/static/index.html/", b"/static/sub/nope"):
             c.send(get(path))
             check_resp(c.read_response(), 404, what=f"GET {path!r}")
+        # Directories are not listed.
+        for path in (b"/static/", b"/static/sub", b"/static/sub/"):
+            c.send(get(path))
+            check_resp(c.read_response(), 403, what=f"GET {path!r}")
     # Through curl too: bytes and type of a binary file.
     dst = os.path.join(ctx.tmpdir, "img")
     p = curl(ctx, "-o", dst, "-w", "%{http_code} %{content_type}", f"{base_url(srv)}/static/img.png")

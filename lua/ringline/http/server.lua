@@ -24,7 +24,9 @@ local REASON = {
   [304] = "Not Modified", [400] = "Bad Request", [403] = "Forbidden",
   [404] = "Not Found", [405] = "Method Not Allowed",
   [408] = "Request Timeout", [411] = "Length Required",
+  [412] = "Precondition Failed",
   [413] = "Content Too Large", [414] = "URI Too Long",
+  [416] = "Range Not Satisfiable",
   [431] = "Request Header Fields Too Large", [500] = "Internal Server Error",
   [501] = "Not Implemented", [503] = "Service Unavailable",
   [505] = "HTTP Version Not Supported",
@@ -56,7 +58,7 @@ local out = buffer.new(4096)   -- the worker's response buffer, reused
 local function reset_response(res, conn, head_only, keep_alive, minor)
   res.conn, res.head_only, res.keep_alive = conn, head_only, keep_alive
   res.status_code, res.sent, res.nheaders = 200, false, 0
-  res.minor = minor
+  res.minor, res.file = minor, false
 end
 
 -- The Date header (RFC 9110 6.6.1), made once per second from the time the
@@ -99,7 +101,11 @@ local function put_head(res, len)
   elseif res.minor == 0 then
     out:put("Connection: keep-alive\r\n")   -- HTTP/1.0 asked for it
   end
-  out:putf("Content-Length: %d\r\n\r\n", len)
+  if len then
+    out:putf("Content-Length: %d\r\n\r\n", len)
+  else
+    out:put("\r\n")
+  end
 end
 
 local function send_out(conn)
@@ -126,6 +132,46 @@ function Response:send(body, content_type)
   else
     send_out(conn)
   end
+end
+
+-- Send only the head: Content-Length len (the length the response would
+-- have had, as for a HEAD), or no Content-Length when len is nil (a 304).
+-- No body follows; once per request.
+function Response:send_head(len, content_type)
+  if self.sent then error("response already sent", 2) end
+  self.sent = true
+  if content_type then self:header("Content-Type", content_type) end
+  put_head(self, len)
+  send_out(self.conn)
+end
+
+-- Send len bytes of the open regular file fd from offset as the body
+-- (conn:send_file: read by the worker, never copied into Lua); once per
+-- request.  The response owns fd from this call on: it is handed to the
+-- connection, or closed here (HEAD, len 0, or an error).  If the file
+-- cannot be queued after the head was, the connection is closed (the
+-- answer would be short).  Returns true, or nil and the error.
+function Response:send_file(fd, offset, len, content_type)
+  if self.sent then
+    C.rl_file_close(fd)
+    error("response already sent", 2)
+  end
+  self.sent = true
+  if content_type then self:header("Content-Type", content_type) end
+  put_head(self, len)
+  local conn = self.conn
+  local ok, err = send_out(conn)
+  if ok and len > 0 and not self.head_only then
+    ok, err = conn:send_file(fd, offset, len)
+    if ok then
+      self.file = true
+      return true
+    end
+    conn:close()
+  end
+  C.rl_file_close(fd)
+  if not ok then return nil, err end
+  return true
 end
 
 -- -- Requests ---------------------------------------------------------------
@@ -324,6 +370,17 @@ local function on_data(self, conn, data)
     local keep = dispatch(self, conn, st, data, body)
     off = head_end + used
     if not keep then return total end
+    -- A file answer may queue far more than --high-water without holding
+    -- memory, but each one holds an fd: past high water, leave the rest
+    -- of the pipeline to the core, which offers it again once drained.
+    -- (Only after a file: other answers keep today's behaviour, see README.)
+    if self._res.file and off < total and not conn:writable() then
+      if st.req_timer then
+        st.req_timer:cancel()
+        st.req_timer = nil
+      end
+      return off
+    end
   end
   -- Idle keep-alive connections are closed by the connection's timeout;
   -- a request started but not complete has its own deadline, counted from
