@@ -46,11 +46,13 @@ is_int() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 
 # Dies unless MODES (from BENCH_MODES) holds only plain and pipelined
 # (one request per round trip, or a batch per write) and is not empty.
+# The modes a benchmark knows: plain and pipelined, and any named in $@.
 check_modes() {
-    local m
+    local m extra=" $* "
     [[ ${#MODES[@]} -gt 0 ]] || die "BENCH_MODES is empty"
     for m in "${MODES[@]}"; do
-        [[ $m == plain || $m == pipelined ]] || die "unknown mode '$m' in BENCH_MODES (want plain, pipelined)"
+        [[ $m == plain || $m == pipelined || $extra == *" $m "* ]] ||
+            die "unknown mode '$m' in BENCH_MODES (want plain, pipelined${*:+, $*})"
     done
 }
 
