@@ -87,9 +87,11 @@ int rl_conn_send_file(rl_worker *w, uint32_t conn, uint32_t gen, int fd,
 	return 0;
 }
 
-/* The connection's next bytes are in a file: read a buffer of them.  The
- * read counts as the connection's send in flight, so nothing else is sent
- * meanwhile (order) and the slot outlives it (finalize waits for it). */
+/* The connection's queue holds a file range with nothing read: read a
+ * buffer of it.  The read counts as the connection's send in flight, so
+ * nothing else is sent meanwhile and the slot outlives it (finalize waits
+ * for it).  0: a read started; 1: none needed (its buffer still has bytes
+ * to send); -errno: none could start, the connection is aborted. */
 int rl_w_submit_file_read(struct rl_worker *w, struct rl_conn *c,
 			  uint32_t idx)
 {
@@ -99,8 +101,15 @@ int rl_w_submit_file_read(struct rl_worker *w, struct rl_conn *c,
 	int err;
 
 	f = rl_sendq_file_to_read(&c->sq, &w->pool, &err);
-	if (!f)
+	if (unlikely(err)) {
+		if (!c->close_reason)
+			c->close_reason = err;
+		c->aborting = 1;
+		queue_work(w, c, idx);
 		return err;
+	}
+	if (!f)
+		return 1;
 	want = f->unread < RL_FILEBUF_SIZE ? f->unread : RL_FILEBUF_SIZE;
 	sqe = get_sqe(w);
 	/* A page-cache hit completes at submission; a miss goes to the

@@ -256,11 +256,10 @@ struct rl_sendfile *rl_sendq_file_to_read(struct rl_sendq *q,
 		struct rl_sendseg *s = seg_at(q, i);
 		struct rl_sendfile *f;
 
-		if (s->bid != RL_SEG_FILE) {
-			if (s->len != s->off)
-				return NULL;    /* bytes before it go first */
+		/* Bytes queued before it do not wait: reading first lets
+		 * them and the file's first buffer go out in one send. */
+		if (s->bid != RL_SEG_FILE)
 			continue;
-		}
 		f = s->file;
 		if (f->buf_off < f->buf_len || !f->unread)
 			return NULL;

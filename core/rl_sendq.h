@@ -85,9 +85,10 @@ int rl_sendq_push_blob(struct rl_sendq *q, rl_blob *b, size_t off, size_t len);
  * return (closed when sent or cleared).  0, -EINVAL or -ENOMEM. */
 int rl_sendq_push_file(struct rl_sendq *q, int fd, int64_t offset,
 		       int64_t len);
-/* The file segment whose bytes must be read before anything more can be
- * sent (it is first with bytes unsent and its buffer is empty), with its
- * buffer taken from the pool; NULL if there is none (or -ENOMEM: *err). */
+/* The first file segment, if its buffer is empty and it has bytes to
+ * read, with its buffer taken from the pool; NULL if there is none (or
+ * -ENOMEM: *err).  Read before sending what precedes it, both go out in
+ * one send. */
 struct rl_sendfile *rl_sendq_file_to_read(struct rl_sendq *q,
 					  struct rl_chunkpool *pool,
 					  int *err);

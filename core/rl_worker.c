@@ -95,17 +95,11 @@ static void submit_send(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	if (w->nslots == RL_SEND_SLOTS)
 		submit_now(w);
 	slot = &w->slots[w->nslots];
-	niov = rl_sendq_iov(&c->sq, slot->iov, RL_IOV_MAX, &bytes);
-	if (unlikely(niov == 0)) {
-		/* The front is a file whose next bytes are not read yet. */
-		if (rl_w_submit_file_read(w, c, idx)) {
-			if (!c->close_reason)
-				c->close_reason = -ENOMEM;
-			c->aborting = 1;
-			queue_work(w, c, idx);
-		}
+	/* A file's next bytes are read first, then sent with what precedes
+	 * them (a response's head and its first 64 KiB in one send). */
+	if (unlikely(c->sq.file_bytes) && rl_w_submit_file_read(w, c, idx) <= 0)
 		return;
-	}
+	niov = rl_sendq_iov(&c->sq, slot->iov, RL_IOV_MAX, &bytes);
 	sqe = get_sqe(w);
 	if (niov == 1) {
 		io_uring_prep_send(sqe, c->fd, slot->iov[0].iov_base,

@@ -216,8 +216,8 @@ NOINLINE int rl_w_on_connect(struct rl_worker *w, struct io_uring_cqe *cqe,
 
 /* -- File segments of send queues (rl_file.c) ----------------------------- */
 
-/* Read the connection's next file bytes (its queue's front is a file
- * segment with nothing read): 0, or -errno when no read was started. */
+/* Read the connection's next file bytes: 0 when a read started, 1 when
+ * none is needed now, -errno when none could start (it is aborted). */
 int rl_w_submit_file_read(struct rl_worker *w, struct rl_conn *c,
 			  uint32_t idx);
 NOINLINE void rl_w_on_file_read(struct rl_worker *w, struct io_uring_cqe *cqe);
