@@ -124,3 +124,57 @@ def test_static_curl_resume(ctx):
         f.truncate(7 << 20)
     curl(ctx, "-C", "-", "-o", dst, f"{base_url(srv)}/static/twenty.bin")
     check(read_file(dst) == files["twenty.bin"], "curl -C -: bytes differ")
+
+
+def _rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_static_slow_200mb_download_bounded(ctx):
+    """A client downloading a 200 MB file at about 1 MB/s: the server's RSS,
+    sampled while it reads, stays within a few MiB of where it started (the
+    whole-file read this replaced held the file), and another client is
+    answered meanwhile; the bytes read are the file's."""
+    import socket
+    import time
+    from harness import connect
+    root = os.path.join(ctx.tmpdir, "slow")
+    os.makedirs(root)
+    head_bytes = ctx.rng.randbytes(4 << 20)
+    path = os.path.join(root, "big.bin")
+    with open(path, "wb") as f:
+        f.write(head_bytes)
+        f.truncate(200 * 1000 * 1000)       # the rest sparse: zeros
+    srv = http_server(ctx, root=root)
+    time.sleep(0.2)
+    base = _rss_kb(srv.pid)
+    s = connect(srv.addr, rcvbuf=16384)
+    s.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = bytearray()
+    peak = base
+    t0 = time.monotonic()
+    s.settimeout(5 * ctx.factor)
+    while time.monotonic() - t0 < 3.0:
+        got += s.recv(65536)
+        # about 1 MB/s: 64 KiB every 64 ms at most
+        time.sleep(0.064)
+        peak = max(peak, _rss_kb(srv.pid))
+    with Conn(srv, ctx) as c:
+        c.send(get(b"/"))
+        check_resp(c.read_response(), 200, what="GET / during the download")
+    s.close()
+    i = got.find(b"\r\n\r\n")
+    check(i > 0 and got.startswith(b"HTTP/1.1 200"), f"head: {bytes(got[:80])!r}")
+    check(b"content-length: 200000000\r\n" in bytes(got[:i + 2]).lower(),
+          f"Content-Length of the file: {bytes(got[:i])!r}")
+    body = bytes(got[i + 4:])
+    check(len(body) > 1 << 20, f"only {len(body)} bytes in 3 s")
+    check(body == head_bytes[:len(body)], "the bytes read differ from the file")
+    ctx.log(f"200 MB download at ~1 MB/s: {len(body) >> 10} KiB read in 3 s, "
+            f"RSS {base} -> peak {peak} KiB")
+    if not ctx.asan:
+        check(peak - base < 8 * 1024, f"RSS grew {peak - base} KiB during one slow download")
