@@ -161,15 +161,6 @@ int rl_rx_eof(rl_worker *w, rl_event *ev)
 
 /* -- Sends ---------------------------------------------------------------- */
 
-/* Open (or connecting: sends queue until it is established) and not
- * closing or shut for writing. */
-static inline int may_send(const struct rl_conn *c)
-{
-	return c && (c->state == RL_CONN_OPEN ||
-		     c->state == RL_CONN_CONNECTING) &&
-	       !c->close_req && !c->aborting && !c->wr_shut_req;
-}
-
 int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
 		 size_t len, int32_t bid)
 {

@@ -71,8 +71,7 @@ int rl_conn_send_file(rl_worker *w, uint32_t conn, uint32_t gen, int fd,
 	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
 	int ret;
 
-	if (!c || (c->state != RL_CONN_OPEN && c->state != RL_CONN_CONNECTING) ||
-	    c->close_req || c->aborting || c->wr_shut_req)
+	if (!may_send(c))
 		return -EPIPE;
 	if (len == 0) {
 		if (fd < 0 || offset < 0)

@@ -160,6 +160,15 @@ static inline int offer_live(const struct rl_conn *c)
 	return c && c->state == RL_CONN_OPEN && !c->close_req && !c->aborting;
 }
 
+/* Open (or connecting: sends queue until it is established) and not
+ * closing or shut for writing. */
+static inline int may_send(const struct rl_conn *c)
+{
+	return c && (c->state == RL_CONN_OPEN ||
+		     c->state == RL_CONN_CONNECTING) &&
+	       !c->close_req && !c->aborting && !c->wr_shut_req;
+}
+
 /* Unconsumed bytes the handler left while paused: they are offered again
  * when it resumes, and the peer's EOF waits until then. */
 static inline int rx_holding(const struct rl_conn *c)

@@ -171,6 +171,18 @@ def echo_roundtrip(addr, payload=b"ping\n", timeout=5.0, sock=None):
             s.close()
 
 
+def rss_kb(pid):
+    """The resident set of process pid, in KiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def stats_line(srv):
     """The k=v counters a test script answers to "stats\n" on a new
     connection (tests/scripts/runaway.lua, faults.lua), as ints."""

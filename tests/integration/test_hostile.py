@@ -10,7 +10,7 @@ import socket
 import struct
 import time
 
-from harness import (SCRIPTS, EnvCtx, Server, check, connect, free_port, recv_exact,
+from harness import (SCRIPTS, EnvCtx, Server, check, connect, free_port, recv_exact, rss_kb,
                      stats_line, wait_for)
 
 AMPLIFY_LUA = f"{SCRIPTS}/amplify.lua"
@@ -29,14 +29,6 @@ def _server(ctx, script=AMPLIFY_LUA, args=(), env=None, listen=None):
 def _answer(n):
     head = b"answer %d\n" % n
     return head + (b"%d" % (n % 10)) * (BODY - len(head) - 1) + b"\n"
-
-
-def _rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _slow_reader(srv):
@@ -82,7 +74,7 @@ def test_blocked_connections_bounded_fresh_client_served(ctx):
     the default --high-water (1m), so that RSS after they leave says
     whether the heap went back."""
     srv = _server(ctx)
-    before = _rss_kb(srv.pid)
+    before = rss_kb(srv.pid)
     hogs = [_slow_reader(srv) for _ in range(30)]
     req = b"".join(b"%d\n" % i for i in range(2000))
     for h in hogs:
@@ -95,7 +87,7 @@ def test_blocked_connections_bounded_fresh_client_served(ctx):
                 h.send(req)
             except BlockingIOError:
                 pass
-        peak = max(peak, _rss_kb(srv.pid))
+        peak = max(peak, rss_kb(srv.pid))
         time.sleep(0.01)
     fresh = connect(srv.addr)
     fresh.sendall(b"7\n")
@@ -122,7 +114,7 @@ def test_blocked_connections_bounded_fresh_client_served(ctx):
         st.update(stats_line(srv))
         return st["conns"] == 1 and st["heap_trims"] >= 1
     check(wait_for(trimmed, 10 * ctx.factor, interval=0.2), f"no heap trim after the closes: {st}")
-    after = _rss_kb(srv.pid)
+    after = rss_kb(srv.pid)
     if not ctx.asan:
         check(after - before <= (peak - before) / 2,
               f"RSS {before} -> {peak} -> {after} KiB: the heap did not go back")

@@ -9,7 +9,7 @@ import random
 import socket
 import time
 
-from harness import SCRIPTS, EnvCtx, Server, check, connect, recv_exact, wait_for
+from harness import SCRIPTS, EnvCtx, Server, check, connect, recv_exact, rss_kb, wait_for
 
 SENDFILE_LUA = f"{SCRIPTS}/sendfile.lua"
 
@@ -20,14 +20,6 @@ def _server(ctx, root, args=()):
     ctx.servers.append(s)
     s.start()
     return s
-
-
-def _rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _root(ctx, files):
@@ -110,12 +102,12 @@ def test_sendfile_slow_reader_memory_bounded(ctx):
     root = _root(ctx, {"big.bin": data, "small": b"hi\n"})
     srv = _server(ctx, root)
     time.sleep(0.2)
-    base = _rss_kb(srv.pid)
+    base = rss_kb(srv.pid)
     slow = [connect(srv.addr, rcvbuf=4096) for _ in range(8)]
     for s in slow:
         s.sendall(b"big.bin 0 %d\n" % size)
     time.sleep(1.0)
-    grown = _rss_kb(srv.pid) - base
+    grown = rss_kb(srv.pid) - base
     fresh = connect(srv.addr)
     fresh.sendall(b"small 0 3\n")
     check(recv_exact(fresh, 13, timeout=2 * ctx.factor, what="fresh") == b"HDR 3\nhi\nEND\n",

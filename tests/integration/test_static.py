@@ -6,7 +6,7 @@ import hashlib
 import os
 import shutil
 
-from harness import check
+from harness import check, rss_kb
 from test_http import Conn, base_url, check_resp, curl, get, http_server, read_file
 
 
@@ -126,20 +126,11 @@ def test_static_curl_resume(ctx):
     check(read_file(dst) == files["twenty.bin"], "curl -C -: bytes differ")
 
 
-def _rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def test_static_slow_200mb_download_bounded(ctx):
     """A client downloading a 200 MB file at about 1 MB/s: the server's RSS,
     sampled while it reads, stays within a few MiB of where it started (the
     whole-file read this replaced held the file), and another client is
     answered meanwhile; the bytes read are the file's."""
-    import socket
     import time
     from harness import connect
     root = os.path.join(ctx.tmpdir, "slow")
@@ -151,7 +142,7 @@ def test_static_slow_200mb_download_bounded(ctx):
         f.truncate(200 * 1000 * 1000)       # the rest sparse: zeros
     srv = http_server(ctx, root=root)
     time.sleep(0.2)
-    base = _rss_kb(srv.pid)
+    base = rss_kb(srv.pid)
     s = connect(srv.addr, rcvbuf=16384)
     s.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
     got = bytearray()
@@ -162,7 +153,7 @@ def test_static_slow_200mb_download_bounded(ctx):
         got += s.recv(65536)
         # about 1 MB/s: 64 KiB every 64 ms at most
         time.sleep(0.064)
-        peak = max(peak, _rss_kb(srv.pid))
+        peak = max(peak, rss_kb(srv.pid))
     with Conn(srv, ctx) as c:
         c.send(get(b"/"))
         check_resp(c.read_response(), 200, what="GET / during the download")
