@@ -25,8 +25,8 @@ LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
 # Export our symbols: Lua finds the rl_* functions through ffi.C.
 EXPORT := -Wl,-E
 
-CORE := rl_bufring rl_conn rl_rxbuf rl_sendq rl_options rl_listen rl_log \
-	rl_worker rl_worker_setup rl_conn_io rl_conn_api rl_connect rl_file rl_budget \
+CORE := rl_bufring rl_conn rl_rxbuf rl_rxhold rl_sendq rl_options rl_listen rl_log \
+	rl_worker rl_worker_setup rl_conn_io rl_pause rl_conn_api rl_connect rl_file rl_budget \
 	rl_lua rl_reload rl_dict rl_dict_rmw rl_dict_scan rl_resolve rl_watchdog
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o)
 HEADERS := $(wildcard core/*.h)
@@ -36,7 +36,7 @@ UNIT_TESTS := $(filter-out test_faults,\
 	$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c)))
 # The allocation-fault tests compile these sources again with failing
 # allocators (core/rl_alloc.h) and AddressSanitizer's leak check.
-FAULT_CORE := rl_bufring rl_sendq rl_rxbuf rl_dict rl_dict_rmw rl_dict_scan
+FAULT_CORE := rl_bufring rl_sendq rl_rxbuf rl_rxhold rl_dict rl_dict_rmw rl_dict_scan
 FAULT_OBJS := $(FAULT_CORE:%=$(BUILD)/faults/%.o)
 FAULT_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 	-fno-sanitize-recover=undefined -DRL_FAULT_INJECTION

@@ -45,8 +45,12 @@ typedef struct rl_event {
 			       * poll) */
 	uint32_t len;         /* DATA: bytes offered; CLOSE: length of ptr */
 	int32_t res;          /* CLOSE: 0 = peer closed, >0 RL_CLOSE_*, <0 -errno;
-			       * OPEN: index of the listen address (0-based) */
+			       * OPEN: index of the listen address (0-based);
+			       * DATA: RL_DATA_HELD for bytes held while the
+			       * connection was paused, offered again */
 } rl_event;
+
+enum { RL_DATA_HELD = 1 };
 
 /* Close reasons that are not an errno. */
 enum rl_close_reason {
@@ -95,10 +99,13 @@ typedef struct rl_stats {
 	uint64_t cq_dropped;       /* completions the kernel lost (never expected) */
 	uint64_t heap_trims;       /* idle malloc_trim calls after closes */
 	uint64_t client_memory_closes; /* closed past --max-client-memory */
+	uint64_t held_copied;      /* bytes held in ring buffers for paused
+				    * connections, copied: the ring ran low */
 	/* Gauges, read when rl_worker_stats is called. */
 	uint64_t conns;            /* open connections on this worker */
 	uint64_t buffers_leased;   /* receive buffers out of the ring */
 	uint64_t client_memory;    /* unsent + unconsumed bytes held here */
+	uint64_t buffers_held;     /* ring buffers paused connections hold */
 } rl_stats;
 
 /* -- Event loop ---------------------------------------------------------- */

@@ -25,8 +25,13 @@ int rl_bufring_init(struct rl_bufring *r, uint32_t nbufs, uint32_t size)
 		r->br = NULL;
 		return -ENOMEM;
 	}
+	/* MAP_NORESERVE: pages come as buffers are first used (only the hot
+	 * ones are, rl_bufring_publish); it also keeps the mapping from
+	 * merging with its neighbours, so /proc/PID/smaps shows the ring on
+	 * its own (VmFlags "nr"), and tests and benchmarks can tell what it
+	 * holds from what connections hold. */
 	r->mem = mmap(NULL, (size_t)nbufs * size, PROT_READ | PROT_WRITE,
-		      MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+		      MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
 	if (r->mem == MAP_FAILED) {
 		r->mem = NULL;
 		goto err;

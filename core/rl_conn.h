@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "rl_rxbuf.h"
+#include "rl_rxhold.h"
 #include "rl_sendq.h"
 
 #define RL_CONN_PAGE_SHIFT 8
@@ -49,8 +50,13 @@ struct rl_conn {
 	uint8_t wr_shut;        /* ... done */
 	uint8_t drain_notify;   /* went over high water: report the drain */
 	uint8_t no_self_pause;  /* its own unsent bytes do not stop its reads */
-	uint8_t rx_held;        /* residue left while user_paused: offered
-				 * again on resume (when rx.len > 0) */
+	uint8_t rx_held;        /* bytes left while paused or blocked: offered
+				 * again when it may go on (rx, hold) */
+	uint8_t on_holding;     /* listed in w->holding */
+	uint32_t rehold_pos;    /* ranges put back in front this batch ... */
+	uint32_t rehold_epoch;  /* ... the batch (w->epoch) they were in */
+	uint8_t recv_once;      /* paused or held since the last receive: the
+				 * next one takes one buffer, not many */
 	uint8_t rx_reoffer;     /* resumed with held bytes: on w->again */
 	uint8_t wr_full_seen;   /* rl_conn_writable said 0 during this offer */
 	uint8_t wr_blocked;     /* ... and the handler stopped there with
@@ -69,6 +75,7 @@ struct rl_conn {
 	char *close_text;       /* the close reason in words, when a code says
 				 * too little; freed with the slot */
 	struct rl_rxbuf rx;
+	struct rl_rxhold hold;  /* held ranges of ring buffers, after rx */
 	struct rl_sendq sq;
 };
 

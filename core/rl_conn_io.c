@@ -8,31 +8,28 @@
 
 /* -- Receive offers -------------------------------------------------------- */
 
-static NOINLINE void close_unconsumed(struct rl_worker *w, struct rl_conn *c,
-				      uint32_t idx, int err)
-{
-	rl_warn(w->id, "conn %u: closing: %s (limit %zu bytes)", idx,
-		err == -EMSGSIZE ? "unconsumed bytes over the limit"
-				 : "no memory for unconsumed bytes",
-		w->max_unconsumed);
-	c->close_reason = err == -EMSGSIZE ? RL_CLOSE_UNCONSUMED : err;
-	c->close_req = 1;
-	queue_work(w, c, idx);
-}
-
-/* An offer ended: what the handler left is held for a re-offer on resume
- * only if it is paused now, as it returns (it has just seen these bytes). */
+/* An offer ended: what the handler left is held for a re-offer only if the
+ * connection is paused or blocked now, as it returns (it has just seen
+ * these bytes). */
 static void offer_done(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
+	int left = c->rx.len || c->hold.n;
+
 	/* Told its queue was over high water (rl_conn_writable), the handler
 	 * stopped with bytes left: they wait for the drain, and so does
 	 * everything the peer sends meanwhile.  Bytes left for want of more
 	 * (a frame not complete) are not held: they need the next arrival. */
-	c->wr_blocked = c->rx.len && c->wr_full_seen &&
+	c->wr_blocked = left && c->wr_full_seen &&
 			c->sq.bytes > w->cfg->high_water;
 	c->wr_full_seen = 0;
-	c->rx_held = (c->user_paused || c->wr_blocked) && c->rx.len;
+	/* Ranges still held (a resume offers them one per poll) keep the
+	 * connection holding until the last one was offered. */
+	c->rx_held = ((c->user_paused || c->wr_blocked) && left) || c->hold.n;
 	c->rx_reoffer = 0;
+	if (unlikely(c->hold.n) && !c->user_paused && !c->wr_blocked)
+		rl_w_schedule_reoffer(w, c, idx);
+	else if (!rx_holding(c) && !c->recv_armed)
+		queue_work(w, c, idx);      /* receive again (want_recv) */
 	if (unlikely(c->wr_blocked || conn_mem(c) != c->mem_counted))
 		queue_work(w, c, idx);      /* and its memory is counted again */
 	if (unlikely(c->eof_pending || c->rd_eof)) {
@@ -43,30 +40,42 @@ static void offer_done(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	}
 }
 
-/* The handler stopped with bytes left while the connection's queue was over
- * high water (offer_done): it sees nothing more of the connection until the
- * queue drains to low water.  Arrivals still on their way (the receive is
- * cancelled) join the held bytes, in order; the drain offers them all
- * (process_conn, unblock).  A handler that consumed everything is not
- * stopped: its next arrivals are offered as before (an echo queues them
- * without a copy). */
+/* An arrival the handler is not to see yet: the connection is blocked
+ * (offer_done), or ranges held before it are still to be offered.  It joins
+ * the held bytes, in order (the receive is cancelled; these were on their
+ * way); the drain or the resume offers them all.  A handler that consumed
+ * everything is not blocked: its next arrivals are offered as before (an
+ * echo queues them without a copy). */
 static NOINLINE int hold_arrival(struct rl_worker *w, struct rl_conn *c,
 				 rl_event *ev)
 {
 	int ret;
 
-	c->wr_blocked = 1;
 	if (ev->len) {
-		ret = rl_rxbuf_keep(&c->rx, ev->ptr, ev->len,
-				    w->max_unconsumed, &w->stats.residue_copied);
+		ret = rl_w_keep(w, c, ev->conn, ev->bid, ev->ptr, ev->len, 0);
 		if (ret) {
-			close_unconsumed(w, c, ev->conn, ret);
+			rl_w_close_unconsumed(w, c, ev->conn, ret);
 			return -1;
 		}
 	}
-	if (c->rx.len)
+	if (c->rx.len || c->hold.n)
 		c->rx_held = 1;
 	queue_work(w, c, ev->conn);
+	return -1;
+}
+
+/* A held range offered again, but its connection was paused or blocked
+ * again since the event was made: back to the front of the held bytes (the
+ * batch's lease on it ends at the next poll; the list takes its own). */
+static NOINLINE int rehold(struct rl_worker *w, struct rl_conn *c,
+			   rl_event *ev)
+{
+	int ret = rl_w_keep(w, c, ev->conn, ev->bid, ev->ptr, ev->len, 1);
+
+	if (ret)
+		rl_w_close_unconsumed(w, c, ev->conn, ret);
+	else
+		c->rx_held = 1;
 	return -1;
 }
 
@@ -78,8 +87,22 @@ int rl_rx_begin(rl_worker *w, rl_event *ev)
 
 	if (unlikely(!offer_live(c)))
 		return -1;
-	if (unlikely(c->wr_blocked))
+	if (unlikely(ev->res == RL_DATA_HELD)) {
+		if (c->sq.bytes > w->cfg->high_water && !c->no_self_pause)
+			c->wr_blocked = 1;      /* as below */
+		if (c->user_paused || c->wr_blocked)
+			return rehold(w, c, ev);
+	} else if (unlikely(c->wr_blocked || c->hold.n)) {
 		return hold_arrival(w, c, ev);
+	} else if (unlikely(c->sq.bytes > w->cfg->high_water) &&
+		   !c->no_self_pause) {
+		/* Over the mark already (arrivals on their way when the
+		 * receive was cancelled, or a handler that does not look at
+		 * conn:writable(), as echo.lua): held until the drain, as if
+		 * the handler had stopped. */
+		c->wr_blocked = 1;
+		return hold_arrival(w, c, ev);
+	}
 	c->wr_full_seen = 0;
 	/* The common case: nothing left over, the buffer is offered as is. */
 	if (likely(c->rx.len == 0)) {
@@ -107,12 +130,34 @@ int rl_rx_begin(rl_worker *w, rl_event *ev)
 	ret = rl_rxbuf_begin(&c->rx, ev->ptr, ev->len, w->max_unconsumed, &o,
 			     &w->stats.residue_copied);
 	if (unlikely(ret)) {
-		close_unconsumed(w, c, ev->conn, ret);
+		rl_w_close_unconsumed(w, c, ev->conn, ret);
 		return -1;
 	}
 	ev->ptr = o.ptr;
 	ev->len = o.len;
 	ev->bid = o.in_buf ? c->rx_bid : -1;
+	return 0;
+}
+
+/* The handler stopped, paused or over high water, inside an offer that
+ * holds an arrival: the arrival's rest stays in its buffer (rl_w_keep),
+ * not copied; what the residue held before it stays there. */
+static NOINLINE int keep_in_place(struct rl_worker *w, struct rl_conn *c,
+				  rl_event *ev, uint32_t consumed)
+{
+	uint32_t off;
+	int ret = 0;
+
+	if (!rl_rxbuf_stop(&c->rx, consumed, &off))
+		return -2;      /* no arrival in this offer */
+	if (off < c->rx.buf_len)
+		ret = rl_w_keep(w, c, ev->conn, c->rx_bid, c->rx.buf + off,
+				c->rx.buf_len - off, 1);
+	if (unlikely(ret)) {
+		rl_w_close_unconsumed(w, c, ev->conn, ret);
+		return -1;
+	}
+	offer_done(w, c, ev->conn);
 	return 0;
 }
 
@@ -127,14 +172,21 @@ int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed)
 	if (likely(c->rx.phase == RL_RX_DIRECT && c->rx.len == 0 &&
 		   consumed >= ev->len)) {
 		c->rx.phase = RL_RX_IDLE;
+		/* A held range: the next one, or the EOF behind them. */
+		if (unlikely(c->rx_held))
+			offer_done(w, c, ev->conn);
 		return 0;
 	}
 	if (consumed > ev->len)
 		consumed = ev->len;
+	if (c->rx_bid >= 0 && (c->user_paused ||
+	    (c->wr_full_seen && c->sq.bytes > w->cfg->high_water)) &&
+	    (ret = keep_in_place(w, c, ev, consumed)) != -2)
+		return ret;
 	ret = rl_rxbuf_consumed(&c->rx, consumed, w->max_unconsumed, &o,
 				&w->stats.residue_copied);
 	if (unlikely(ret < 0)) {
-		close_unconsumed(w, c, ev->conn, ret);
+		rl_w_close_unconsumed(w, c, ev->conn, ret);
 		return -1;
 	}
 	if (ret == 1) {

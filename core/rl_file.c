@@ -109,7 +109,17 @@ int rl_w_submit_file_read(struct rl_worker *w, struct rl_conn *c,
 	}
 	if (!f)
 		return 1;
-	want = f->unread < RL_FILEBUF_SIZE ? f->unread : RL_FILEBUF_SIZE;
+	/* A peer that reads slower than we send (its last send was short)
+	 * gets a quarter buffer at a time: it waits in the socket either way,
+	 * and a non-reading download then holds 16 KiB, not 64.  So does the
+	 * first read of a range larger than a buffer, before the first send
+	 * says which kind of peer this is (a range that fits is read whole:
+	 * small files cost one read). */
+	want = c->slow || (!f->reads && f->unread > RL_FILEBUF_SIZE)
+		       ? RL_FILEBUF_SIZE / 4 : RL_FILEBUF_SIZE;
+	f->reads++;
+	if (f->unread < want)
+		want = f->unread;
 	sqe = get_sqe(w);
 	/* A page-cache hit completes at submission; a miss goes to the
 	 * kernel's workers, never blocking this thread. */

@@ -159,6 +159,35 @@ int rl_rxbuf_consumed(struct rl_rxbuf *rx, uint32_t n, size_t limit,
 	}
 }
 
+int rl_rxbuf_stop(struct rl_rxbuf *rx, uint32_t n, uint32_t *off)
+{
+	switch (rx->phase) {
+	case RL_RX_DIRECT:
+		*off = rx->buf_off + n;
+		break;
+	case RL_RX_PREFIX:
+	case RL_RX_ALL:
+		if (!rx->buf)
+			return 0;       /* a residue offered again alone */
+		if (n >= rx->old_len) {
+			*off = n - rx->old_len;
+			drop(rx, rx->len);
+		} else {
+			/* The arrival's bytes are the residue's tail. */
+			rx->len -= rx->appended;
+			*off = 0;
+			drop(rx, n);
+		}
+		break;
+	default:
+		return 0;
+	}
+	if (*off > rx->buf_len)
+		*off = rx->buf_len;
+	rx->phase = RL_RX_IDLE;
+	return 1;
+}
+
 int rl_rxbuf_keep(struct rl_rxbuf *rx, const uint8_t *buf, uint32_t len,
 		  size_t limit, uint64_t *copied)
 {

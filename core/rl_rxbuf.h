@@ -58,6 +58,15 @@ int rl_rxbuf_begin(struct rl_rxbuf *rx, const uint8_t *buf, uint32_t len,
 int rl_rxbuf_consumed(struct rl_rxbuf *rx, uint32_t n, size_t limit,
 		      struct rl_rx_offer *o, uint64_t *copied);
 
+/* The handler consumed n bytes of the current offer and stops there (its
+ * connection is paused or over high water): what is left of the arrival
+ * stays in its buffer rather than in the residue.  Returns 1 with *off set:
+ * buf[*off..buf_len) is to be kept by the caller, after what the residue
+ * still holds (bytes of the arrival already copied in are taken back out);
+ * 0 when the offer has no arrival of its own (finish it with
+ * rl_rxbuf_consumed). */
+int rl_rxbuf_stop(struct rl_rxbuf *rx, uint32_t n, uint32_t *off);
+
 /* Keep all of an arrival in the residue without offering it (the handler
  * is not to see it yet).  Only between offers.  0, -EMSGSIZE or -ENOMEM. */
 int rl_rxbuf_keep(struct rl_rxbuf *rx, const uint8_t *buf, uint32_t len,

@@ -44,6 +44,7 @@ struct rl_sendfile {
 	uint8_t *buf;         /* RL_FILEBUF_SIZE bytes while reading */
 	uint32_t buf_off;     /* bytes of buf already sent */
 	uint32_t buf_len;     /* bytes read into buf */
+	uint32_t reads;       /* reads done, for their size (rl_file.c) */
 };
 
 struct rl_sendseg {

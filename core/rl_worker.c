@@ -70,7 +70,14 @@ static void arm_recv(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
 	struct io_uring_sqe *sqe = get_sqe(w);
 
-	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	/* After a pause, one buffer first: a multishot receive takes every
+	 * buffer it can fill while the socket has bytes, and a client that
+	 * pipelines without reading has MiBs there; they would all be held
+	 * again at the handler's next stop. */
+	if (unlikely(c->recv_once))
+		io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
+	else
+		io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = w->br.bgid;
 	io_uring_sqe_set_data64(sqe, ud_make(OP_RECV, c->gen, idx));
@@ -119,10 +126,14 @@ static void submit_send(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 
 /* -- Connection life ------------------------------------------------------ */
 
+/* Not while bytes held from a pause or a block are still to be offered
+ * again: arrivals behind them would only pile up (copied, once the ring
+ * runs low) while the handler takes a few requests per drain. */
 static inline int want_recv(const struct rl_conn *c)
 {
 	return c->state == RL_CONN_OPEN && !c->rd_eof && !c->recv_paused &&
-	       !c->user_paused && !c->close_req && !c->aborting;
+	       !c->user_paused && !c->close_req && !c->aborting &&
+	       !rx_holding(c);
 }
 
 static void conn_shutdown(struct rl_conn *c)
@@ -146,6 +157,7 @@ static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	free(c->connect_arg);
 	c->connect_arg = NULL;
 	rl_rxbuf_free(&c->rx);
+	rl_w_hold_clear(w, c);
 	rl_sendq_clear(&c->sq, &w->pool, &w->br);
 	w->client_bytes -= c->mem_counted;
 	c->mem_counted = 0;
@@ -170,6 +182,7 @@ static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		/* The peer does not read what we send: stop reading what it
 		 * sends until our queue drains. */
 		c->recv_paused = 1;
+		c->recv_once = 1;
 		c->drain_notify = 1;
 		w->stats.paused++;
 		if (c->recv_armed)
@@ -178,24 +191,9 @@ static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		c->recv_paused = 0;
 	}
 	/* Paused by its handler (a proxy whose other side is backed up). */
-	if (c->user_paused && c->recv_armed)
+	if (c->user_paused && c->recv_armed) {
 		cancel_recv(w, c, idx);
-}
-
-/* The queue of a connection whose handler stopped over high water has
- * drained: what it left is offered again at this poll, before anything
- * received later. */
-static NOINLINE void unblock(struct rl_worker *w, struct rl_conn *c,
-			     uint32_t idx)
-{
-	if (c->user_paused || !rx_holding(c) || c->rx.phase != RL_RX_IDLE ||
-	    c->rx_reoffer) {
-		c->wr_blocked = 0;      /* a resume or an offer will see them */
-		return;
-	}
-	if (again_push(w, c, idx) == 0) {   /* else: tried again next time */
-		c->rx_reoffer = 1;
-		c->wr_blocked = 0;
+		c->recv_once = 1;
 	}
 }
 
@@ -218,7 +216,7 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 			submit_send(w, c, idx);
 		backpressure(w, c, idx);
 		if (unlikely(c->wr_blocked) && c->sq.bytes <= w->cfg->low_water)
-			unblock(w, c, idx);
+			rl_w_unblock(w, c, idx);
 		if (unlikely(c->drain_notify) && c->sq.bytes <= w->cfg->low_water &&
 		    !c->send_inflight)
 			vec_push64(&w->drained, (uint64_t)c->gen << 32 | idx);
@@ -315,46 +313,6 @@ static int emit_drained(struct rl_worker *w, rl_event *ev, int n, int max)
 	}
 	if (w->drained.head == w->drained.n)
 		w->drained.head = w->drained.n = 0;
-	return n;
-}
-
-/* Connections resumed with bytes held while paused get them offered again,
- * as a DATA event with no new bytes (rl_rx_begin fills it in), before
- * anything received later; an EOF held back behind such bytes follows once
- * they have been offered and the handler did not keep them paused. */
-static NOINLINE int emit_again(struct rl_worker *w, rl_event *ev, int n,
-			       int max)
-{
-	uint64_t *q = w->again.p;
-
-	while (w->again.head < w->again.n && n < max) {
-		uint64_t e = q[w->again.head++];
-		uint32_t idx = (uint32_t)e;
-		struct rl_conn *c = rl_conntab_get(&w->conns, idx,
-						   (uint32_t)(e >> 32));
-
-		if (!c)
-			continue;
-		if (c->rx_reoffer) {
-			c->rx_reoffer = 0;
-			/* Paused again since the resume: the next resume
-			 * offers them. */
-			if (offer_live(c) && !c->user_paused && c->rx.len) {
-				fill_event(&ev[n++], RL_EV_DATA, idx, c->gen, 0);
-				continue;
-			}
-		}
-		if (c->eof_pending && !rx_holding(c)) {
-			c->eof_pending = 0;
-			if (offer_live(c))
-				fill_event(&ev[n++], RL_EV_EOF, idx, c->gen, 0);
-			/* A close that waited for the EOF. */
-			if (c->state == RL_CONN_OPEN)
-				queue_work(w, c, idx);
-		}
-	}
-	if (w->again.head == w->again.n)
-		w->again.head = w->again.n = 0;
 	return n;
 }
 
@@ -518,8 +476,11 @@ static inline int on_recv(struct rl_worker *w, struct io_uring_cqe *cqe,
 		rl_bufring_take(&w->br, (uint32_t)bid);
 	}
 	if (c && !(cqe->flags & IORING_CQE_F_MORE)) {
-		/* Multishot ended; process_conn re-arms it if wanted. */
+		/* Multishot ended, or the one receive after a pause did;
+		 * process_conn re-arms it if wanted (multishot, unless the
+		 * handler stops again at these bytes). */
 		c->recv_armed = 0;
+		c->recv_once = 0;
 		queue_work(w, c, idx);
 	}
 	if (likely(res > 0 && bid >= 0 && c && c->state == RL_CONN_OPEN &&
@@ -755,6 +716,7 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 	if (unlikely(max <= 0))
 		return 0;
 	release_held(w);
+	w->epoch++;
 	if (unlikely(atomic_load_explicit(&w->stop_req, memory_order_relaxed)) &&
 	    !w->stopping)
 		begin_stop(w);
@@ -763,6 +725,11 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 	process_work(w);
 	if (w->cfg->max_client_memory)
 		rl_w_client_memory_check(w);
+	/* Buffers held for paused connections go back before the ring runs
+	 * dry: their bytes are copied (rl_pause.c). */
+	if (unlikely(w->holding.n) &&
+	    rl_bufring_available(&w->br) < w->br.nbufs / 8)
+		rl_w_unhold_low(w);
 	if (w->parked.n)
 		rearm_parked(w);
 	rl_bufring_publish(&w->br);
@@ -771,7 +738,7 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 	if (unlikely(w->drained.n))
 		n = emit_drained(w, ev, n, max);
 	if (unlikely(w->again.n))
-		n = emit_again(w, ev, n, max);
+		n = rl_w_emit_again(w, ev, n, max);
 	if (unlikely(w->reload_pending) && n < max) {
 		memset(&ev[n], 0, sizeof(ev[n]));
 		ev[n++].type = RL_EV_RELOAD;

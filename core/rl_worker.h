@@ -82,6 +82,9 @@ struct rl_worker {
 	struct rl_vec closed;       /* u32 slots whose CLOSE is not yet out */
 	struct rl_vec released;     /* u32 slots whose CLOSE Lua is handling */
 	struct rl_vec drained;      /* u64 (gen << 32 | slot): DRAIN to report */
+	uint32_t epoch;             /* polls so far: which batch is current */
+	struct rl_vec holding;      /* u64 (gen << 32 | slot): connections with
+				     * held ring buffers (rl_pause.c) */
 	struct rl_vec again;        /* u64 (gen << 32 | slot): held bytes to
 				     * offer again, EOF events held back */
 	struct rl_vec resolving;    /* u64 (gen << 32 | slot): connects waiting

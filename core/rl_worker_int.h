@@ -169,11 +169,12 @@ static inline int may_send(const struct rl_conn *c)
 	       !c->close_req && !c->aborting && !c->wr_shut_req;
 }
 
-/* Unconsumed bytes the handler left while paused: they are offered again
- * when it resumes, and the peer's EOF waits until then. */
+/* Unconsumed bytes the handler left while paused or blocked (a residue,
+ * ranges of ring buffers): they are offered again when it may go on, and
+ * the peer's EOF waits until then. */
 static inline int rx_holding(const struct rl_conn *c)
 {
-	return c->rx_held && c->rx.len;
+	return c->rx_held && (c->rx.len || c->hold.n);
 }
 
 /* What a connection holds for --max-client-memory: queued bytes (a file
@@ -230,6 +231,29 @@ NOINLINE int rl_w_on_connect(struct rl_worker *w, struct io_uring_cqe *cqe,
 int rl_w_submit_file_read(struct rl_worker *w, struct rl_conn *c,
 			  uint32_t idx);
 NOINLINE void rl_w_on_file_read(struct rl_worker *w, struct io_uring_cqe *cqe);
+
+/* -- Bytes held while paused or blocked (rl_pause.c) --------------------- */
+
+NOINLINE void rl_w_close_unconsumed(struct rl_worker *w, struct rl_conn *c,
+				    uint32_t idx, int err);
+/* Keep len bytes at p, in ring buffer bid (-1: not one), for a later offer:
+ * behind what is held, or (front) before it.  In place while the ring has
+ * buffers to spare, else copied into the residue.  0 or -ENOMEM. */
+int rl_w_keep(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
+	      int32_t bid, const uint8_t *p, uint32_t len, int front);
+/* The ring runs low: copy every held range into its residue. */
+NOINLINE void rl_w_unhold_low(struct rl_worker *w);
+/* A connection ends: its held ranges' leases end. */
+void rl_w_hold_clear(struct rl_worker *w, struct rl_conn *c);
+/* Offer held bytes again at the next poll. */
+void rl_w_schedule_reoffer(struct rl_worker *w, struct rl_conn *c,
+			   uint32_t idx);
+/* A blocked connection's queue drained to low water. */
+NOINLINE void rl_w_unblock(struct rl_worker *w, struct rl_conn *c,
+			   uint32_t idx);
+/* Held bytes and held-back EOFs, as events. */
+NOINLINE int rl_w_emit_again(struct rl_worker *w, rl_event *ev, int n,
+			     int max);
 
 /* -- --max-client-memory (rl_budget.c) ------------------------------------ */
 

@@ -146,6 +146,7 @@ void rl_worker_teardown(struct rl_worker *w)
 		free(c->connect_arg);
 		free(c->close_text);
 		rl_rxbuf_free(&c->rx);
+		rl_rxhold_free(&c->hold);   /* the ring's leases go with it */
 		rl_sendq_clear(&c->sq, &w->pool, &w->br);
 	}
 	for (int i = 0; i < w->nls; i++)
@@ -161,6 +162,7 @@ void rl_worker_teardown(struct rl_worker *w)
 	vec_free(&w->released);
 	vec_free(&w->drained);
 	vec_free(&w->again);
+	vec_free(&w->holding);
 	vec_free(&w->resolving);
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);

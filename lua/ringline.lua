@@ -53,7 +53,9 @@ function M.stats()
     cq_overflows = tonumber(s.cq_overflows), cq_dropped = tonumber(s.cq_dropped),
     heap_trims = tonumber(s.heap_trims),
     client_memory_closes = tonumber(s.client_memory_closes),
+    held_copied = tonumber(s.held_copied),
     client_memory = tonumber(s.client_memory),
+    buffers_held = tonumber(s.buffers_held),
     conns = tonumber(s.conns), buffers_leased = tonumber(s.buffers_leased),
   }
 end

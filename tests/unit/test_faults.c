@@ -13,6 +13,7 @@
 #include "rl_bufring.h"
 #include "rl_dict.h"
 #include "rl_rxbuf.h"
+#include "rl_rxhold.h"
 #include "rl_sendq.h"
 
 /*
@@ -285,6 +286,49 @@ static void test_rxbuf_walk(void **state)
 	assert_true(failures >= 2);
 }
 
+/* -- Held ranges ------------------------------------------------------------ */
+
+/* Pushes at both ends with growth failing at each allocation: a refused
+ * push is -ENOMEM and leaves the list as it was, in order. */
+static void test_rxhold_walk(void **state)
+{
+	(void)state;
+	for (unsigned long n = 1; n <= MAX_WALK; n++) {
+		struct rl_rxhold h = {0};
+		struct rl_rxhold_ent e;
+		int32_t want[40];
+		int nw = 0, refused = 0;
+
+		fail_nth(n, n & 1);
+		for (int i = 0; i < 40; i++) {
+			int front = i % 3 == 0;
+			uint32_t before = h.n, bytes = h.bytes;
+
+			if (rl_rxhold_push(&h, i, 0, 100 + i, front)) {
+				assert_int_equal(h.n, before);
+				assert_int_equal(h.bytes, bytes);
+				refused++;
+				continue;
+			}
+			if (front) {
+				memmove(want + 1, want, nw * sizeof(*want));
+				want[0] = i;
+			} else {
+				want[nw] = i;
+			}
+			nw++;
+		}
+		if (fired())
+			assert_true(refused > 0);
+		for (int i = 0; i < nw; i++) {
+			assert_int_equal(rl_rxhold_pop(&h, &e), 0);
+			assert_int_equal(e.bid, want[i]);
+		}
+		assert_int_equal(rl_rxhold_pop(&h, &e), -1);
+		rl_rxhold_free(&h);
+	}
+}
+
 /* -- Dictionary ---------------------------------------------------------------- */
 
 struct dict_view {
@@ -535,6 +579,7 @@ int main(void)
 		cmocka_unit_test(test_sendq_push_walk),
 		cmocka_unit_test(test_sendq_detach_walk),
 		cmocka_unit_test(test_rxbuf_walk),
+		cmocka_unit_test(test_rxhold_walk),
 		cmocka_unit_test(test_dict_new_walk),
 		cmocka_unit_test(test_dict_write_walk),
 		cmocka_unit_test(test_dict_sticky_shortage),

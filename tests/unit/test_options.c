@@ -55,8 +55,8 @@ static void test_defaults(void **state)
 	assert_int_equal(c.buffers, 512);
 	assert_int_equal(c.buffer_size, 16384);
 	assert_int_equal(c.max_conns, 65536);
-	assert_int_equal(c.high_water, 1048576);
-	assert_int_equal(c.low_water, 262144);
+	assert_int_equal(c.high_water, 32768);
+	assert_int_equal(c.low_water, 16384);
 	assert_int_equal(c.max_unconsumed, 1048576);
 	assert_int_equal(c.handler_timeout_ms, 2000);
 	assert_int_equal(c.lua_memory, 1ull << 30);
@@ -207,8 +207,8 @@ static void test_size_suffixes(void **state)
 	assert_int_equal(cfg.high_water, 1ull << 40);
 	assert_int_equal(PARSE("--max-unconsumed", "1g", "a.lua"), RL_OPT_RUN);
 	assert_int_equal(cfg.max_unconsumed, 1ull << 30);
-	assert_int_equal(PARSE("--low-water", "512kb", "a.lua"), RL_OPT_RUN);
-	assert_int_equal(cfg.low_water, 512u << 10);
+	assert_int_equal(PARSE("--low-water", "31kb", "a.lua"), RL_OPT_RUN);
+	assert_int_equal(cfg.low_water, 31u << 10);
 	assert_int_equal(PARSE("--low-water", "1mb", "--high-water", "1mB",
 			       "a.lua"), -EINVAL);     /* equal: see water marks */
 	/* Counts take suffixes too. */
@@ -339,13 +339,13 @@ static void test_water_marks(void **state)
 {
 	assert_rejected(PARSE("--low-water", "1m", "--high-water", "1m", "a.lua"),
 			"--low-water must be below --high-water");
-	/* Against the default high water (1m). */
-	assert_rejected(PARSE("--low-water", "1m", "a.lua"), "--low-water");
-	/* Against the default low water (256k). */
-	assert_rejected(PARSE("--high-water", "256k", "a.lua"), "--high-water");
-	assert_rejected(PARSE("--high-water", "100k", "a.lua"), "--low-water");
-	assert_int_equal(PARSE("--high-water", "257k", "a.lua"), RL_OPT_RUN);
-	assert_int_equal(PARSE("--low-water", "1023k", "a.lua"), RL_OPT_RUN);
+	/* Against the default high water (32k). */
+	assert_rejected(PARSE("--low-water", "32k", "a.lua"), "--low-water");
+	/* Against the default low water (16k). */
+	assert_rejected(PARSE("--high-water", "16k", "a.lua"), "--high-water");
+	assert_rejected(PARSE("--high-water", "10k", "a.lua"), "--low-water");
+	assert_int_equal(PARSE("--high-water", "17k", "a.lua"), RL_OPT_RUN);
+	assert_int_equal(PARSE("--low-water", "31k", "a.lua"), RL_OPT_RUN);
 	/* Order on the command line does not matter. */
 	assert_int_equal(PARSE("--high-water", "8m", "--low-water", "4m", "a.lua"),
 			 RL_OPT_RUN);
