@@ -12,7 +12,8 @@
 --   RINGLINE_PROXY_CHECK_INTERVAL   ms between active health checks (a
 --                                   connect), 0 = off (default 2000)
 --   RINGLINE_PROXY_HIGH_WATER       unsent bytes on one side that pause
---                                   reading the other (default 1 MiB)
+--                                   reading the other (default 0: the
+--                                   core's --high-water)
 --
 -- Each client connection gets one upstream connection.  Bytes go both ways
 -- as received slices (no copy); when one side's unsent bytes pass the high
@@ -45,7 +46,8 @@ local CONNECT_TIMEOUT = env_ms("RINGLINE_PROXY_CONNECT_TIMEOUT", 2000)
 local IDLE_TIMEOUT = env_ms("RINGLINE_PROXY_IDLE_TIMEOUT", 300000)
 local DOWN_TIME = env_ms("RINGLINE_PROXY_DOWN_TIME", 5000)
 local CHECK_INTERVAL = env_ms("RINGLINE_PROXY_CHECK_INTERVAL", 2000)
-local HIGH_WATER = env_ms("RINGLINE_PROXY_HIGH_WATER", 1024 * 1024)
+-- 0: the core's --high-water (conn:writable()).
+local HIGH_WATER = env_ms("RINGLINE_PROXY_HIGH_WATER", 0)
 
 if BALANCE ~= "roundrobin" and BALANCE ~= "leastconn" then
   error("RINGLINE_PROXY_BALANCE must be roundrobin or leastconn", 0)
@@ -106,13 +108,28 @@ local function mark_up(u)
   u.down_until, u.failures = 0, 0
 end
 
+local function backed_up(dst)
+  if HIGH_WATER > 0 then return dst:unsent() > HIGH_WATER end
+  return not dst:writable()
+end
+
 -- Forward a slice; pause the source while the destination is backed up.
+-- Returns the bytes consumed: none when the destination was already backed
+-- up (bytes still on their way when the source was paused): the core keeps
+-- them in their receive buffers and offers them again on resume, so a
+-- client that does not read costs the mark, not every arrival in flight.
 local function forward(src, dst, data)
+  if backed_up(dst) then
+    src:pause()
+    dst:want_drain()
+    return 0
+  end
   dst:send(data)
-  if dst:unsent() > HIGH_WATER then
+  if backed_up(dst) then
     src:pause()
     dst:want_drain()      -- whatever --high-water/--low-water say
   end
+  return #data
 end
 
 local connect_upstream
@@ -133,8 +150,7 @@ local upstream_handlers = {
   on_data = function(up, data)
     local client = up.state.client
     if client.closed then up:close() return #data end
-    forward(up, client, data)
-    return #data
+    return forward(up, client, data)
   end,
   on_eof = function(up)
     -- The upstream finished sending: pass the half-close on.
@@ -227,8 +243,7 @@ return {
     local up = cs.up
     if up then
       if up.closed then return #data end
-      forward(client, up, data)
-      return #data
+      return forward(client, up, data)
     end
     if not cs.pending then return #data end   -- no upstream left: closing
     -- Still connecting (bytes that came before the pause took effect):

@@ -183,6 +183,27 @@ def rss_kb(pid):
     return 0
 
 
+def ring_kb(pid, size_kb=512 * 16):
+    """Resident KiB of the receive buffer rings of process pid: its
+    mappings of size_kb (512 x 16 KiB, the defaults) made MAP_NORESERVE
+    (VmFlags "nr", core/rl_bufring.c).  Shared by all connections of a
+    worker and bounded, so memory-per-connection checks leave it out."""
+    total, size, rss = 0, None, 0
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                parts = line.split()
+                if parts[0] == "Size:":
+                    size = int(parts[1])
+                elif parts[0] == "Rss:":
+                    rss = int(parts[1])
+                elif parts[0] == "VmFlags:" and size == size_kb and "nr" in parts[1:]:
+                    total += rss
+    except OSError:
+        pass
+    return total
+
+
 def stats_line(srv):
     """The k=v counters a test script answers to "stats\n" on a new
     connection (tests/scripts/runaway.lua, faults.lua), as ints."""

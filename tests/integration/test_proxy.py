@@ -1267,7 +1267,8 @@ def test_proxy_pipelining_client(ctx):
         err = _pipelined_echo(ctx, px.addr, pool, total, 1.0)
         if err:
             srv_q, _ = harness.proc_net_tcp_queues(up.port)
-            fail(f"round {r}: {err}; the echo upstream's sockets (send-q, recv-q): {srv_q}")
+            fail(f"round {r}: {err}; the echo upstream's sockets (send-q, recv-q): {srv_q}\n"
+                 f"    proxy {px.stderr_tail()}\n    upstream {up.stderr_tail()}")
         ctx.log(f"round {r}: {total / MB:.0f} MB in {time.monotonic() - t0:.1f}s")
     check_no_leftovers(ctx, px)
 

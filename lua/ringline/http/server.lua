@@ -370,11 +370,11 @@ local function on_data(self, conn, data)
     local keep = dispatch(self, conn, st, data, body)
     off = head_end + used
     if not keep then return total end
-    -- A file answer may queue far more than --high-water without holding
-    -- memory, but each one holds an fd: past high water, leave the rest
-    -- of the pipeline to the core, which offers it again once drained.
-    -- (Only after a file: other answers keep today's behaviour, see README.)
-    if self._res.file and off < total and not conn:writable() then
+    -- Past --high-water (a client that sends requests and does not read
+    -- the answers), the rest of the pipeline stays where it is, in its
+    -- receive buffer: the core offers it again once the queue drained, so
+    -- such a client holds the mark and one answer, whatever it sends.
+    if off < total and not conn:writable() then
       if st.req_timer then
         st.req_timer:cancel()
         st.req_timer = nil
