@@ -32,12 +32,14 @@ read -ra RL_EXTRA <<<"${RINGLINE_ARGS:-}"
 LOAD=$BUILD/bench/echo_load
 EPOLL=$BUILD/bench/epoll_echo
 
-# name size depth conns; the last row is the extra 16 KiB depth-4 case.
+# name size depth conns; c+ is the extra 16 KiB depth-4 case, d messages
+# far past --high-water (the send queue pauses the receive every message).
 CONFIGS=(
     "a:64B/d1/c50 64 1 50"
     "b:64B/d16/c50 64 16 50"
     "c:16K/d1/c10 16384 1 10"
     "c+:16K/d4/c10 16384 4 10"
+    "d:256K/d1/c10 262144 1 10"
 )
 
 is_num "$DURATION" || die "BENCH_SECONDS must be a number, got '$DURATION'"
