@@ -199,7 +199,7 @@ int rl_conn_writable(rl_worker *w, uint32_t conn, uint32_t gen)
 
 	if (!c)
 		return 0;
-	if (c->sq.bytes <= w->cfg->high_water)
+	if (sq_marked(c) <= w->cfg->high_water)
 		return 1;
 	/* The handler was told: bytes it leaves now wait for the drain. */
 	c->wr_full_seen = 1;

@@ -20,7 +20,7 @@ static void offer_done(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	 * everything the peer sends meanwhile.  Bytes left for want of more
 	 * (a frame not complete) are not held: they need the next arrival. */
 	c->wr_blocked = left && c->wr_full_seen &&
-			c->sq.bytes > w->cfg->high_water;
+			sq_marked(c) > w->cfg->high_water;
 	c->wr_full_seen = 0;
 	/* Ranges still held (a resume offers them one per poll) keep the
 	 * connection holding until the last one was offered. */
@@ -88,13 +88,13 @@ int rl_rx_begin(rl_worker *w, rl_event *ev)
 	if (unlikely(!offer_live(c)))
 		return -1;
 	if (unlikely(ev->res == RL_DATA_HELD)) {
-		if (c->sq.bytes > w->cfg->high_water && !c->no_self_pause)
+		if (sq_marked(c) > w->cfg->high_water && !c->no_self_pause)
 			c->wr_blocked = 1;      /* as below */
 		if (c->user_paused || c->wr_blocked)
 			return rehold(w, c, ev);
 	} else if (unlikely(c->wr_blocked || c->hold.n)) {
 		return hold_arrival(w, c, ev);
-	} else if (unlikely(c->sq.bytes > w->cfg->high_water) &&
+	} else if (unlikely(sq_marked(c) > w->cfg->high_water) &&
 		   !c->no_self_pause) {
 		/* Over the mark already (arrivals on their way when the
 		 * receive was cancelled, or a handler that does not look at
@@ -180,7 +180,7 @@ int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed)
 	if (consumed > ev->len)
 		consumed = ev->len;
 	if (c->rx_bid >= 0 && (c->user_paused ||
-	    (c->wr_full_seen && c->sq.bytes > w->cfg->high_water)) &&
+	    (c->wr_full_seen && sq_marked(c) > w->cfg->high_water)) &&
 	    (ret = keep_in_place(w, c, ev, consumed)) != -2)
 		return ret;
 	ret = rl_rxbuf_consumed(&c->rx, consumed, w->max_unconsumed, &o,

@@ -188,6 +188,7 @@ int rl_sendq_push_ref(struct rl_sendq *q, struct rl_bufring *br,
 		if (t->bid == bid && t->base + t->len == (const uint8_t *)p) {
 			t->len += (uint32_t)len;
 			q->bytes += len;
+			q->ref_bytes += len;
 			return 0;
 		}
 	}
@@ -205,6 +206,7 @@ int rl_sendq_push_ref(struct rl_sendq *q, struct rl_bufring *br,
 	t->bid = bid;
 	t->blob = NULL;
 	q->bytes += len;
+	q->ref_bytes += len;
 	return 0;
 }
 
@@ -360,6 +362,8 @@ void rl_sendq_advance(struct rl_sendq *q, struct rl_chunkpool *pool,
 		if (n < left) {
 			s->off += (uint32_t)n;
 			q->bytes -= n;
+			if (s->bid >= 0)
+				q->ref_bytes -= n;
 			return;
 		}
 		/* Released even if it could take more bytes: an idle
@@ -367,6 +371,8 @@ void rl_sendq_advance(struct rl_sendq *q, struct rl_chunkpool *pool,
 		 * chunk cheap. */
 		n -= left;
 		q->bytes -= left;
+		if (s->bid >= 0)
+			q->ref_bytes -= left;
 		seg_release(s, pool, br);
 		q->head = (q->head + 1) & (q->cap - 1);
 		q->count--;
@@ -400,6 +406,7 @@ int rl_sendq_detach(struct rl_sendq *q, struct rl_chunkpool *pool,
 			return -ENOMEM;
 		memcpy(copy, s->base + s->off, n);
 		rl_bufring_unref(br, (uint32_t)s->bid);
+		q->ref_bytes -= n;
 		s->base = copy;
 		s->off = 0;
 		s->len = n;
@@ -419,5 +426,6 @@ void rl_sendq_clear(struct rl_sendq *q, struct rl_chunkpool *pool,
 	}
 	q->bytes = 0;
 	q->file_bytes = 0;
+	q->ref_bytes = 0;
 	shrink_if_empty(q);
 }

@@ -66,6 +66,7 @@ struct rl_sendq {
 	uint32_t cap;
 	size_t bytes;                /* queued and not yet sent */
 	size_t file_bytes;           /* of which in file segments, unread */
+	size_t ref_bytes;            /* of which in leased ring buffers */
 	struct rl_sendseg inline_segs[RL_SENDQ_INLINE];
 };
 

@@ -178,7 +178,7 @@ static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 {
 	if (!c->recv_paused && !c->no_self_pause &&
-	    c->sq.bytes > w->cfg->high_water) {
+	    sq_marked(c) > w->cfg->high_water) {
 		/* The peer does not read what we send: stop reading what it
 		 * sends until our queue drains. */
 		c->recv_paused = 1;
@@ -187,7 +187,7 @@ static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		w->stats.paused++;
 		if (c->recv_armed)
 			cancel_recv(w, c, idx);
-	} else if (c->recv_paused && c->sq.bytes <= w->cfg->low_water) {
+	} else if (c->recv_paused && sq_marked(c) <= w->cfg->low_water) {
 		c->recv_paused = 0;
 	}
 	/* Paused by its handler (a proxy whose other side is backed up). */
@@ -215,9 +215,9 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		if (c->sq.bytes && !c->send_inflight)
 			submit_send(w, c, idx);
 		backpressure(w, c, idx);
-		if (unlikely(c->wr_blocked) && c->sq.bytes <= w->cfg->low_water)
+		if (unlikely(c->wr_blocked) && sq_marked(c) <= w->cfg->low_water)
 			rl_w_unblock(w, c, idx);
-		if (unlikely(c->drain_notify) && c->sq.bytes <= w->cfg->low_water &&
+		if (unlikely(c->drain_notify) && sq_marked(c) <= w->cfg->low_water &&
 		    !c->send_inflight)
 			vec_push64(&w->drained, (uint64_t)c->gen << 32 | idx);
 		if (c->wr_shut_req && !c->wr_shut && !c->sq.bytes &&
@@ -539,7 +539,7 @@ static int on_send(struct rl_worker *w, struct io_uring_cqe *cqe,
 	}
 	queue_work(w, c, idx);
 	/* It was backed up; whoever paused because of it may go on. */
-	if (unlikely(c->drain_notify) && c->sq.bytes <= w->cfg->low_water &&
+	if (unlikely(c->drain_notify) && sq_marked(c) <= w->cfg->low_water &&
 	    c->state == RL_CONN_OPEN && !c->aborting) {
 		c->drain_notify = 0;
 		fill_event(ev, RL_EV_DRAIN, idx, c->gen, 0);

@@ -177,6 +177,16 @@ static inline int rx_holding(const struct rl_conn *c)
 	return c->rx_held && (c->rx.len || c->hold.n);
 }
 
+/* The unsent bytes --high-water and --low-water count: not those still in
+ * the receive buffers they arrived in (an echo's, a proxy's), which cost
+ * no memory of their own.  A peer that reads slower than we send gets them
+ * copied (on_send, rl_sendq_detach), and then they count; so do all of
+ * them once the ring runs low (rl_conn_send copies instead of leasing). */
+static inline size_t sq_marked(const struct rl_conn *c)
+{
+	return c->sq.bytes - c->sq.ref_bytes;
+}
+
 /* What a connection holds for --max-client-memory: queued bytes (a file
  * range's only once read) and the residue's allocation. */
 static inline uint64_t conn_mem(const struct rl_conn *c)

@@ -144,6 +144,19 @@ static void check_bytes(struct fixture *f)
 	FUZZ_CHECK(f->q.bytes == f->mlen, "q.bytes %zu, model %zu", f->q.bytes,
 		   f->mlen);
 	FUZZ_CHECK(bytes == f->mlen, "iov bytes %zu, model %zu", bytes, f->mlen);
+	{
+		size_t refs = 0;
+
+		for (uint32_t i = 0; i < f->q.count; i++) {
+			const struct rl_sendseg *sg =
+				&f->q.segs[(f->q.head + i) & (f->q.cap - 1)];
+
+			if (sg->bid >= 0)
+				refs += sg->len - sg->off;
+		}
+		FUZZ_CHECK(f->q.ref_bytes == refs, "ref_bytes %zu, segments %zu",
+			   f->q.ref_bytes, refs);
+	}
 	for (int i = 0; i < k; i++) {
 		FUZZ_CHECK(f->iov[i].iov_len > 0, "empty iov piece");
 		FUZZ_CHECK(memcmp(f->iov[i].iov_base, f->model + pos,

@@ -75,6 +75,18 @@ static void assert_queue(const struct rl_sendq *q, const uint8_t *want,
 	assert_true(k <= (int)q->count);
 	assert_int_equal(bytes, n);
 	assert_int_equal(q->bytes, n);
+	{
+		size_t refs = 0;    /* what --high-water leaves out */
+
+		for (uint32_t i = 0; i < q->count; i++) {
+			const struct rl_sendseg *sg =
+				&q->segs[(q->head + i) & (q->cap - 1)];
+
+			if (sg->bid >= 0)
+				refs += sg->len - sg->off;
+		}
+		assert_int_equal(q->ref_bytes, refs);
+	}
 	for (int i = 0; i < k; i++) {
 		assert_true(iov[i].iov_len > 0);
 		assert_true(pos + iov[i].iov_len <= n);
