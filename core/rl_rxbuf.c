@@ -31,8 +31,11 @@ static int reserve(struct rl_rxbuf *rx, size_t extra, size_t limit)
 static int append(struct rl_rxbuf *rx, const uint8_t *p, uint32_t n,
 		  size_t limit)
 {
-	int ret = reserve(rx, n, limit);
+	int ret;
 
+	if (!n)
+		return 0;       /* nothing, and maybe no residue to point at */
+	ret = reserve(rx, n, limit);
 	if (ret)
 		return ret;
 	memcpy(rx->data + rx->len, p, n);
@@ -147,6 +150,7 @@ int rl_rxbuf_consumed(struct rl_rxbuf *rx, uint32_t n, size_t limit,
 		if (ret)
 			return ret;
 		*copied += rx->buf_len - rx->appended;
+		rx->appended = rx->buf_len;     /* all of it is in now */
 		rx->phase = RL_RX_ALL;
 		offer_residue(rx, o);
 		return 1;
@@ -169,8 +173,10 @@ int rl_rxbuf_stop(struct rl_rxbuf *rx, uint32_t n, uint32_t *off)
 	case RL_RX_ALL:
 		if (!rx->buf)
 			return 0;       /* a residue offered again alone */
-		if (n >= rx->old_len) {
-			*off = n - rx->old_len;
+		/* The residue is the older bytes, then the arrival's first
+		 * `appended` (all of it in ALL). */
+		if (n >= rx->len - rx->appended) {
+			*off = n - (rx->len - rx->appended);
 			drop(rx, rx->len);
 		} else {
 			/* The arrival's bytes are the residue's tail. */

@@ -1,4 +1,4 @@
-/* fuzz_rxbuf.c: fuzzes core/rl_rxbuf.c (arrival splits, consume counts, reoffers, limits) against a model byte stream: every offer is the next unconsumed bytes, the residue is exactly what is left. */
+/* fuzz_rxbuf.c: fuzzes core/rl_rxbuf.c (arrival splits, consume counts, stops mid-offer, reoffers, limits) against a model byte stream: every offer is the next unconsumed bytes, the residue is exactly what is left. */
 #include <errno.h>
 
 #include "fuzz_input.h"
@@ -90,6 +90,42 @@ static void check_error(int ret, const struct model *m, size_t limit)
 		   m->received - m->consumed, limit);
 }
 
+/* The handler stops after n bytes (paused, over high water): the residue
+ * keeps the older unconsumed bytes, the arrival's rest is left in its
+ * buffer from off; together they are the unconsumed stream, in order.  The
+ * rest is then copied in, as the worker does when the ring runs low. */
+static int stop(struct rl_rxbuf *rx, struct model *m, uint32_t n, size_t limit)
+{
+	uint64_t copied = 0;
+	uint32_t off = 0, left = m->received - m->consumed, tail;
+	const uint8_t *buf = rx->buf;
+	int ret;
+
+	ret = rl_rxbuf_stop(rx, n, &off);
+	if (!ret) {
+		/* A residue offered alone: the normal path. */
+		struct rl_rx_offer o;
+
+		ret = rl_rxbuf_consumed(rx, n, limit, &o, &copied);
+		FUZZ_CHECK(ret == 0, "a reoffer went on after its stop: %d", ret);
+		return 0;
+	}
+	FUZZ_CHECK(rx->phase == RL_RX_IDLE, "stop left phase %u", rx->phase);
+	FUZZ_CHECK(off <= rx->buf_len, "off %u past the arrival's %u", off,
+		   rx->buf_len);
+	tail = rx->buf_len - off;
+	FUZZ_CHECK(rx->len + tail == left, "residue %u + tail %u, model %u",
+		   rx->len, tail, left);
+	if (rx->len)
+		FUZZ_CHECK(memcmp(rx->data, m->stream + m->consumed, rx->len) == 0,
+			   "residue differs after stop");
+	FUZZ_CHECK(memcmp(buf + off, m->stream + m->consumed + rx->len, tail) == 0,
+		   "arrival's rest differs after stop");
+	ret = rl_rxbuf_keep(rx, buf + off, tail, (size_t)1 << 31, &copied);
+	FUZZ_CHECK(ret == 0, "keeping the rest failed: %d", ret);
+	return 0;
+}
+
 /* Offer, consume, repeat until the arrival is handled.  Returns 0, or -1
  * when the connection would be closed (limit passed). */
 static int handle_offers(struct fuzz_in *in, struct rl_rxbuf *rx,
@@ -104,6 +140,8 @@ static int handle_offers(struct fuzz_in *in, struct rl_rxbuf *rx,
 		check_offer(m, o);
 		n = pick_consume(in, o->len);
 		m->consumed += n;
+		if (in_u8(in) % 8 == 5)
+			return stop(rx, m, n, limit);
 		ret = rl_rxbuf_consumed(rx, n, limit, o, &copied);
 		if (ret < 0) {
 			check_error(ret, m, limit);

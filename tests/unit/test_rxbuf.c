@@ -565,6 +565,85 @@ static void test_property_copy_is_bounded(void **state)
 
 /* Arrivals kept whole behind a residue, then offered together in order;
  * the limit holds and a refusal changes nothing. */
+/* A handler that stops (paused, over high water) mid-offer: what it did
+ * not consume is the residue's rest followed by buf[off..), in order, at
+ * every phase and cut; the arrival's bytes are never left in the residue. */
+static void test_stop_keeps_rest_in_buffer(void **state)
+{
+	uint8_t a[300], b[4000], want[4300];
+	uint64_t copied = 0;
+
+	(void)state;
+	fill(a, sizeof(a), 5);
+	fill(b, sizeof(b), 6);
+	/* DIRECT: no residue, the rest from the cut. */
+	for (uint32_t n = 0; n <= sizeof(b); n += 333) {
+		struct rl_rxbuf rx = { 0 };
+		struct rl_rx_offer o;
+		uint32_t off = 99;
+
+		assert_int_equal(rl_rxbuf_begin(&rx, b, sizeof(b), LIMIT, &o, &copied), 0);
+		assert_int_equal(rl_rxbuf_stop(&rx, n, &off), 1);
+		assert_int_equal(off, n);
+		assert_int_equal(rx.len, 0);
+		assert_int_equal(rx.phase, RL_RX_IDLE);
+		rl_rxbuf_free(&rx);
+	}
+	/* PREFIX (a 300-byte residue and a 600-byte prefix) and ALL (the
+	 * handler asked for all of the arrival first), cut anywhere. */
+	memcpy(want, a + 200, 100);
+	memcpy(want + 100, b, sizeof(b));
+	for (int all = 0; all < 2; all++) {
+		for (uint32_t n = 0; n <= 100 + sizeof(b); n += all ? 97 : 7) {
+			struct rl_rxbuf rx = { 0 };
+			struct rl_rx_offer o;
+			uint32_t off = 12345, rest;
+
+			make_residue(&rx, a, 300, 100, &copied);
+			assert_int_equal(rl_rxbuf_begin(&rx, b, sizeof(b), LIMIT, &o, &copied), 0);
+			assert_int_equal(rx.phase, RL_RX_PREFIX);
+			if (all) {
+				/* Not past the residue: the whole buffer is
+				 * appended and offered again. */
+				assert_int_equal(rl_rxbuf_consumed(&rx, 0, LIMIT, &o, &copied), 1);
+				assert_int_equal(rx.phase, RL_RX_ALL);
+			}
+			if (n > o.len)
+				break;
+			assert_int_equal(rl_rxbuf_stop(&rx, n, &off), 1);
+			assert_int_equal(rx.phase, RL_RX_IDLE);
+			/* The residue's rest, then the buffer's from off: the
+			 * unconsumed bytes, in order. */
+			rest = 100 + sizeof(b) - n;
+			assert_int_equal(rx.len + (sizeof(b) - off), rest);
+			if (rx.len)
+				assert_memory_equal(rx.data, want + n, rx.len);
+			assert_memory_equal(b + off, want + n + rx.len, sizeof(b) - off);
+			assert_true(rx.len <= 100);
+			rl_rxbuf_free(&rx);
+		}
+	}
+}
+
+/* A residue offered again alone has no arrival to leave in place. */
+static void test_stop_without_arrival(void **state)
+{
+	struct rl_rxbuf rx = { 0 };
+	struct rl_rx_offer o;
+	uint8_t a[100];
+	uint64_t copied = 0;
+	uint32_t off;
+
+	(void)state;
+	fill(a, sizeof(a), 7);
+	make_residue(&rx, a, 100, 60, &copied);
+	assert_int_equal(rl_rxbuf_reoffer(&rx, &o), 0);
+	assert_int_equal(rl_rxbuf_stop(&rx, 10, &off), 0);
+	assert_int_equal(rl_rxbuf_consumed(&rx, 10, LIMIT, &o, &copied), 0);
+	assert_int_equal(rx.len, 50);
+	rl_rxbuf_free(&rx);
+}
+
 static void test_keep_then_reoffer(void **state)
 {
 	struct rl_rxbuf rx = { 0 };
@@ -753,6 +832,8 @@ int main(void)
 		cmocka_unit_test(test_property_random_cuts),
 		cmocka_unit_test(test_property_copy_is_bounded),
 		cmocka_unit_test(test_keep_then_reoffer),
+		cmocka_unit_test(test_stop_keeps_rest_in_buffer),
+		cmocka_unit_test(test_stop_without_arrival),
 		cmocka_unit_test(test_reoffer),
 		cmocka_unit_test(test_property_reoffer_between_arrivals),
 	};
