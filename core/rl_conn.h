@@ -53,6 +53,7 @@ struct rl_conn {
 	uint8_t rx_held;        /* bytes left while paused or blocked: offered
 				 * again when it may go on (rx, hold) */
 	uint8_t on_holding;     /* listed in w->holding */
+	uint32_t rx_slack;      /* held bytes copied into rx (rx_limit) */
 	uint32_t rehold_pos;    /* ranges put back in front this batch ... */
 	uint32_t rehold_epoch;  /* ... the batch (w->epoch) they were in */
 	uint8_t recv_once;      /* paused or held since the last receive: the

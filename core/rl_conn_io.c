@@ -127,7 +127,7 @@ int rl_rx_begin(rl_worker *w, rl_event *ev)
 		return 0;
 	}
 	c->rx_bid = ev->bid;
-	ret = rl_rxbuf_begin(&c->rx, ev->ptr, ev->len, w->max_unconsumed, &o,
+	ret = rl_rxbuf_begin(&c->rx, ev->ptr, ev->len, rx_limit(w, c), &o,
 			     &w->stats.residue_copied);
 	if (unlikely(ret)) {
 		rl_w_close_unconsumed(w, c, ev->conn, ret);
@@ -183,7 +183,7 @@ int rl_rx_consumed(rl_worker *w, rl_event *ev, uint32_t consumed)
 	    (c->wr_full_seen && sq_marked(c) > w->cfg->high_water)) &&
 	    (ret = keep_in_place(w, c, ev, consumed)) != -2)
 		return ret;
-	ret = rl_rxbuf_consumed(&c->rx, consumed, w->max_unconsumed, &o,
+	ret = rl_rxbuf_consumed(&c->rx, consumed, rx_limit(w, c), &o,
 				&w->stats.residue_copied);
 	if (unlikely(ret < 0)) {
 		rl_w_close_unconsumed(w, c, ev->conn, ret);

@@ -90,6 +90,7 @@ static int unhold_n(struct rl_worker *w, struct rl_conn *c, uint32_t n)
 		rl_bufring_unref(&w->br, (uint32_t)e.bid);
 		w->stats.buffers_held--;
 		w->stats.held_copied += e.len;
+		c->rx_slack += e.len;
 	}
 	return 0;
 }
@@ -125,8 +126,11 @@ int rl_w_keep(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
 		return ret;
 	if (front)
 		c->rehold_pos = 0;      /* none is before it in the list now */
-	return rl_rxbuf_keep(&c->rx, p, len, HELD_LIMIT,
-			     &w->stats.residue_copied);
+	ret = rl_rxbuf_keep(&c->rx, p, len, HELD_LIMIT,
+			    &w->stats.residue_copied);
+	if (!ret)
+		c->rx_slack += len;
+	return ret;
 }
 
 NOINLINE void rl_w_unhold_low(struct rl_worker *w)

@@ -177,6 +177,16 @@ static inline int rx_holding(const struct rl_conn *c)
 	return c->rx_held && (c->rx.len || c->hold.n);
 }
 
+/* The residue's limit: max_unconsumed, plus what held bytes copied into it
+ * (rl_pause.c, when the ring ran low): those were on their way when the
+ * connection stopped, not a frame the peer made that large. */
+static inline size_t rx_limit(const struct rl_worker *w, struct rl_conn *c)
+{
+	if (!c->rx.len)
+		c->rx_slack = 0;
+	return w->max_unconsumed + c->rx_slack;
+}
+
 /* The unsent bytes --high-water and --low-water count: not those still in
  * the receive buffers they arrived in (an echo's, a proxy's), which cost
  * no memory of their own.  A peer that reads slower than we send gets them
