@@ -92,8 +92,11 @@ def test_accept_emfile_keeps_serving(ctx):
         check(_echoes(s, b"still %d\n" % i, 2 * ctx.factor), f"served conn {i} stopped echoing")
     cpu = (_cpu_s(srv.pid) - cpu0) / (time.monotonic() - t0)
     check(cpu < 0.2, f"the server used {cpu:.2f} CPU s/s while accepts failed (spinning?)")
+    # One line per failing spell: a startup fd that closes late lets one
+    # retry succeed ("accepting again") and the next spell has its own.
     warns = srv.stderr().count("accept failed: Too many open files")
-    check(warns == 1, f"{warns} accept-failure log lines, want 1: {srv.stderr_tail()}")
+    spells = 1 + srv.stderr().count("accepting again after")
+    check(warns == spells, f"{warns} accept-failure log lines, want {spells}: {srv.stderr_tail()}")
     # Free fds: the waiting connections are accepted and their bytes answered.
     for s in served[:len(waiting)]:
         s.close()
