@@ -92,7 +92,7 @@ run: all
 	$(BUILD)/ringline scripts/echo.lua
 
 # -- Tests ----------------------------------------------------------------
-$(BUILD)/unit/%: tests/unit/%.c $(CORE_OBJS) $(HEADERS)
+$(BUILD)/unit/%: tests/unit/%.c $(CORE_OBJS) $(HEADERS) $(wildcard tests/unit/*.h)
 	@mkdir -p $(BUILD)/unit
 	$(CC) $(CFLAGS) -Icore $(LDFLAGS) -o $@ $< $(CORE_OBJS) \
 		$(LDLIBS) -lcmocka
