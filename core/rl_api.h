@@ -101,6 +101,8 @@ typedef struct rl_stats {
 	uint64_t client_memory_closes; /* closed past --max-client-memory */
 	uint64_t held_copied;      /* bytes held in ring buffers for paused
 				    * connections, copied: the ring ran low */
+	uint64_t file_bytes_direct; /* file bytes sent by sendfile from the
+				     * page cache (not read into a buffer) */
 	/* Gauges, read when rl_worker_stats is called. */
 	uint64_t conns;            /* open connections on this worker */
 	uint64_t buffers_leased;   /* receive buffers out of the ring */

@@ -380,6 +380,46 @@ void rl_sendq_advance(struct rl_sendq *q, struct rl_chunkpool *pool,
 	shrink_if_empty(q);
 }
 
+struct rl_sendfile *rl_sendq_front_file(const struct rl_sendq *q)
+{
+	for (uint32_t i = 0; i < q->count; i++) {
+		struct rl_sendseg *s = seg_at(q, i);
+
+		if (s->bid != RL_SEG_FILE) {
+			if (s->len != s->off)
+				return NULL;
+			continue;
+		}
+		if (s->file->buf_off < s->file->buf_len || !s->file->unread)
+			return NULL;
+		return s->file;
+	}
+	return NULL;
+}
+
+void rl_sendq_file_sent(struct rl_sendq *q, struct rl_chunkpool *pool,
+			struct rl_bufring *br, size_t n)
+{
+	struct rl_sendseg *s;
+	struct rl_sendfile *f;
+
+	/* Pops the emptied segments before it (advancing by nothing stops
+	 * at the first segment with bytes: this file). */
+	rl_sendq_advance(q, pool, br, 0);
+	s = seg_at(q, 0);
+	f = s->file;
+	f->pos += (int64_t)n;
+	f->unread -= (int64_t)n;
+	q->bytes -= n;
+	q->file_bytes -= n;
+	if (f->unread)
+		return;
+	seg_release(s, pool, br);
+	q->head = (q->head + 1) & (q->cap - 1);
+	q->count--;
+	shrink_if_empty(q);
+}
+
 int rl_sendq_has_refs(const struct rl_sendq *q)
 {
 	for (uint32_t i = 0; i < q->count; i++)

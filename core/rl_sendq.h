@@ -45,6 +45,7 @@ struct rl_sendfile {
 	uint32_t buf_off;     /* bytes of buf already sent */
 	uint32_t buf_len;     /* bytes read into buf */
 	uint32_t reads;       /* reads done, for their size (rl_file.c) */
+	uint8_t no_direct;    /* sendfile refused this file: read it */
 };
 
 struct rl_sendseg {
@@ -94,6 +95,14 @@ int rl_sendq_push_file(struct rl_sendq *q, int fd, int64_t offset,
 struct rl_sendfile *rl_sendq_file_to_read(struct rl_sendq *q,
 					  struct rl_chunkpool *pool,
 					  int *err);
+/* The file segment at the front (only emptied segments before it), with
+ * nothing in its buffer and bytes still to send; else NULL.  Its bytes may
+ * go straight from the page cache (sendfile), then rl_sendq_file_sent. */
+struct rl_sendfile *rl_sendq_front_file(const struct rl_sendq *q);
+/* n bytes of the front file segment went out without its buffer (n at most
+ * its unread bytes): done segments are released. */
+void rl_sendq_file_sent(struct rl_sendq *q, struct rl_chunkpool *pool,
+			struct rl_bufring *br, size_t n);
 /* Fill iov with up to max pieces from the front, up to a file segment's
  * unread bytes; returns pieces. */
 int rl_sendq_iov(const struct rl_sendq *q, struct iovec *iov, int max,

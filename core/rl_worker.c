@@ -102,9 +102,12 @@ static void submit_send(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	if (w->nslots == RL_SEND_SLOTS)
 		submit_now(w);
 	slot = &w->slots[w->nslots];
-	/* A file's next bytes are read first, then sent with what precedes
-	 * them (a response's head and its first 64 KiB in one send). */
-	if (unlikely(c->sq.file_bytes) && rl_w_submit_file_read(w, c, idx) <= 0)
+	/* A file's bytes go from the page cache with sendfile (what
+	 * precedes them first, on this thread), or are read first and sent
+	 * with what precedes them. */
+	if (unlikely(c->sq.file_bytes) && !rl_w_send_files_direct(w, c, idx))
+		return;
+	if (!c->sq.bytes)
 		return;
 	niov = rl_sendq_iov(&c->sq, slot->iov, RL_IOV_MAX, &bytes);
 	sqe = get_sqe(w);
@@ -576,6 +579,9 @@ static inline int on_cqe(struct rl_worker *w, struct io_uring_cqe *cqe,
 		return 0;
 	case OP_FILE_READ:
 		rl_w_on_file_read(w, cqe);
+		return 0;
+	case OP_SEND_POLL:
+		rl_w_on_send_poll(w, cqe);
 		return 0;
 	default:
 		return 0;

@@ -36,6 +36,7 @@ enum rl_op {
 	OP_CONNECT,
 	OP_LINK_TIMEOUT,
 	OP_FILE_READ,
+	OP_SEND_POLL,     /* a direct file send waits for room (rl_file.c) */
 };
 
 static inline uint64_t ud_make(enum rl_op op, uint32_t gen, uint32_t idx)
@@ -251,6 +252,11 @@ NOINLINE int rl_w_on_connect(struct rl_worker *w, struct io_uring_cqe *cqe,
 int rl_w_submit_file_read(struct rl_worker *w, struct rl_conn *c,
 			  uint32_t idx);
 NOINLINE void rl_w_on_file_read(struct rl_worker *w, struct io_uring_cqe *cqe);
+/* Send file bytes from the page cache with sendfile: 1 when the caller is
+ * to send what is left, 0 when handled. */
+NOINLINE int rl_w_send_files_direct(struct rl_worker *w, struct rl_conn *c,
+				    uint32_t idx);
+NOINLINE void rl_w_on_send_poll(struct rl_worker *w, struct io_uring_cqe *cqe);
 
 /* -- Bytes held while paused or blocked (rl_pause.c) --------------------- */
 

@@ -54,6 +54,7 @@ function M.stats()
     heap_trims = tonumber(s.heap_trims),
     client_memory_closes = tonumber(s.client_memory_closes),
     held_copied = tonumber(s.held_copied),
+    file_bytes_direct = tonumber(s.file_bytes_direct),
     client_memory = tonumber(s.client_memory),
     buffers_held = tonumber(s.buffers_held),
     conns = tonumber(s.conns), buffers_leased = tonumber(s.buffers_leased),

@@ -177,3 +177,43 @@ def test_sendfile_abandoned_downloads_close_their_fds(ctx):
     check(wait_for(lambda: _open_files(srv, "big.bin") == 0, 5 * ctx.factor),
           f"{_open_files(srv, 'big.bin')} fds still on the file after the clients left")
     srv.assert_alive()
+
+
+def _direct_bytes(s):
+    s.sendall(b"STATS\n")
+    line = b""
+    while not line.endswith(b"\n"):
+        line += s.recv(64)
+    return int(line.split()[1])
+
+
+def test_sendfile_from_disk_then_page_cache(ctx):
+    """A file whose pages were dropped from the cache is read through the
+    ring (a page-cache miss never runs sendfile on the worker's thread);
+    once cached, the whole range goes by sendfile, no buffer of ours.
+    Byte-exact both ways, and with a pipelined answer after it."""
+    data = random.Random(5).randbytes(6 << 20)
+    root = _root(ctx, {"cold.bin": data})
+    path = os.path.join(root, "cold.bin")
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    srv = _server(ctx, root)
+    s = connect(srv.addr)
+    s.settimeout(10 * ctx.factor)
+    before = _direct_bytes(s)
+    req = b"cold.bin 0 %d\n" % len(data)
+    s.sendall(req + req[:-1] + b"\n")
+    want = _answer(data, 0, len(data))
+    check(recv_exact(s, len(want), what="cold download") == want, "cold download differs")
+    check(recv_exact(s, len(want), what="warm download") == want, "second download differs")
+    after = _direct_bytes(s)
+    check(after - before < 2 * len(data),
+          f"{after - before} of {2 * len(data)} bytes by sendfile: the cold pages were not read")
+    print(f"    [{ctx.name}] cold then warm: {after - before} of {2 * len(data)} bytes by sendfile")
+    s.sendall(req)
+    check(recv_exact(s, len(want), what="cached download") == want, "cached download differs")
+    cached = _direct_bytes(s) - after
+    check(cached == len(data), f"{cached} of {len(data)} cached bytes by sendfile")
+    s.close()

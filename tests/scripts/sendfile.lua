@@ -2,7 +2,10 @@
 -- "HDR LEN\n", then LEN bytes of the file under RINGLINE_TEST_ROOT from
 -- OFFSET (conn:send_file: read by the worker through the ring), then
 -- "END\n".  A file that cannot be opened is answered "ERR <errno>\n".
+-- "STATS\n" is answered "DIRECT <bytes>\n": the file bytes this worker
+-- sent with sendfile from the page cache (the rest were read first).
 local ffi = require "ffi"
+local ringline = require "ringline"
 local C = ffi.C
 
 local root
@@ -24,7 +27,9 @@ return {
       if not nl then break end
       local line = s:sub(pos + 1, nl - 1)
       pos = nl
-      do
+      if line == "STATS" then
+        conn:send("DIRECT " .. ringline.stats().file_bytes_direct .. "\n")
+      else
         local path, off, len = line:match("^(%S+) (%d+) (%d+)$")
         local fd = C.rl_file_open_at(root, path, info)
         if fd < 0 then
