@@ -11,8 +11,10 @@
 
 int rl_chunkpool_init(struct rl_chunkpool *p, uint32_t max)
 {
-	p->free = rl_calloc(max ? max : 1, sizeof(*p->free));
-	p->count = 0;
+	/* One allocation for both free lists. */
+	p->free = rl_calloc(max ? 2 * max : 1, sizeof(*p->free));
+	p->free_small = p->free ? p->free + max : NULL;
+	p->count = p->count_small = 0;
 	p->nfilebufs = 0;
 	p->max = max;
 	return p->free ? 0 : -ENOMEM;
@@ -24,16 +26,25 @@ void rl_chunkpool_free(struct rl_chunkpool *p)
 		free(p->filebufs[--p->nfilebufs]);
 	while (p->count)
 		free(p->free[--p->count]);
+	while (p->count_small)
+		free(p->free_small[--p->count_small]);
 	free(p->free);
 	p->free = NULL;
 }
 
-static uint8_t *chunk_get(struct rl_chunkpool *p, uint32_t *cap, size_t want)
+static uint8_t *chunk_get(struct rl_chunkpool *p, uint32_t *cap, size_t want,
+			  int small)
 {
 	/* Large strings get a piece of their own size: one copy, one iovec. */
 	if (want > RL_CHUNK_SIZE) {
 		*cap = (uint32_t)want;
 		return rl_malloc(want);
+	}
+	if (small && want <= RL_CHUNK_SMALL / 2) {
+		*cap = RL_CHUNK_SMALL;
+		if (p->count_small)
+			return p->free_small[--p->count_small];
+		return rl_malloc(RL_CHUNK_SMALL);
 	}
 	*cap = RL_CHUNK_SIZE;
 	if (p->count)
@@ -45,6 +56,8 @@ static void chunk_put(struct rl_chunkpool *p, uint8_t *c, uint32_t cap)
 {
 	if (cap == RL_CHUNK_SIZE && p->count < p->max)
 		p->free[p->count++] = c;
+	else if (cap == RL_CHUNK_SMALL && p->count_small < p->max)
+		p->free_small[p->count_small++] = c;
 	else
 		free(c);
 }
@@ -109,6 +122,7 @@ int rl_sendq_push_copy(struct rl_sendq *q, struct rl_chunkpool *pool,
 	size_t room = 0;
 	uint8_t *base;
 	uint32_t cap;
+	int after_ref = 0;
 
 	if (!len)
 		return 0;
@@ -116,6 +130,7 @@ int rl_sendq_push_copy(struct rl_sendq *q, struct rl_chunkpool *pool,
 		t = seg_at(q, q->count - 1);
 		if (t->bid == RL_SEG_CHUNK && t->len < t->cap)
 			room = t->cap - t->len;
+		after_ref = t->bid >= 0 || t->bid == RL_SEG_BLOB;
 	}
 	if (len <= room) {
 		t = seg_at(q, q->count - 1);
@@ -126,7 +141,7 @@ int rl_sendq_push_copy(struct rl_sendq *q, struct rl_chunkpool *pool,
 	}
 	/* All or nothing: take the new segment and its chunk before any byte
 	 * goes into the tail, so -ENOMEM leaves the queue as it was. */
-	base = chunk_get(pool, &cap, len - room);
+	base = chunk_get(pool, &cap, len - room, after_ref);
 	if (!base)
 		return -ENOMEM;
 	t = seg_push(q);

@@ -17,6 +17,10 @@
 
 #define RL_SENDQ_INLINE 4
 #define RL_CHUNK_SIZE 4096
+/* A copy that follows a zero-copy segment (a reply's framing around a
+ * dictionary value or a received slice) starts in a small chunk: a
+ * pipeline of such replies would otherwise hold 4 KiB per dozen bytes. */
+#define RL_CHUNK_SMALL 256
 #define RL_FILEBUF_SIZE (64 * 1024)  /* one read of a file segment */
 #define RL_FILEBUF_KEEP 8            /* free file buffers a worker keeps */
 
@@ -26,6 +30,8 @@ struct rl_chunkpool {
 	void **free;
 	uint32_t count;
 	uint32_t max;
+	void **free_small;    /* RL_CHUNK_SMALL chunks (same allocation) */
+	uint32_t count_small;
 	uint32_t nfilebufs;
 	void *filebufs[RL_FILEBUF_KEEP];
 };

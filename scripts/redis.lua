@@ -83,7 +83,7 @@ local LIMITS = { max_args = 1024 * 1024, max_bulk = PROTO_MAX_BULK,
                  max_inline = 64 * 1024 }
 local QUERY_BUF_LIMIT = 1024 * 1024 * 1024
 
-local INLINE_VALUE_MAX = 4096   -- larger GET values are sent by reference
+local INLINE_VALUE_MAX = 1024   -- larger GET values are sent by reference
 local FLUSH_AT = 65536          -- reply bytes that trigger an early send
 local SHRINK_AT = 1024 * 1024   -- a reply buffer past this is freed after use
 

@@ -11,6 +11,7 @@
 #   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   cores to pin server / load generator
 #   BENCH_PORT_BASE=17300                   first port tried; each run gets a fresh one
 #   RINGLINE=BUILD_DIR/ringline             ringline binary
+#   BENCH_CONFIGS="a b c c+ d"  which message configs to run (default all)
 #   RINGLINE_ARGS=""     extra ringline options (e.g. buffer settings), added to both ringline rows
 set -euo pipefail
 
@@ -41,6 +42,17 @@ CONFIGS=(
     "c+:16K/d4/c10 16384 4 10"
     "d:256K/d1/c10 262144 1 10"
 )
+# BENCH_CONFIGS="c d" runs only those (by the name before the colon).
+if [[ -n ${BENCH_CONFIGS:-} ]]; then
+    keep=()
+    for cfg in "${CONFIGS[@]}"; do
+        for want in $BENCH_CONFIGS; do
+            [[ ${cfg%%:*} == "$want" ]] && keep+=("$cfg")
+        done
+    done
+    [[ ${#keep[@]} -gt 0 ]] || die "BENCH_CONFIGS='$BENCH_CONFIGS' names no config (a b c c+ d)"
+    CONFIGS=("${keep[@]}")
+fi
 
 is_num "$DURATION" || die "BENCH_SECONDS must be a number, got '$DURATION'"
 is_num "$WARMUP" || die "BENCH_WARMUP must be a number, got '$WARMUP'"

@@ -21,6 +21,7 @@
 #   BENCH_DEPTH=16         requests per write in the pipelined mode
 #   BENCH_KEYS=10000       key space
 #   BENCH_GET_RATIO=0.9    share of gets
+#   BENCH_VALUE_SIZE=100   value bytes
 #   BENCH_MODES="plain pipelined"
 #   BENCH_MEMASLAP=1       0: skip the memaslap cross-check
 #   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   cores for the server and the load
@@ -40,6 +41,7 @@ WARMUP=${BENCH_WARMUP:-1}
 REPEAT=${BENCH_REPEAT:-1}
 CONNS=${BENCH_CONNECTIONS:-50}
 DEPTH=${BENCH_DEPTH:-16}
+VALUE_SIZE=${BENCH_VALUE_SIZE:-100}
 KEYS=${BENCH_KEYS:-10000}
 GET_RATIO=${BENCH_GET_RATIO:-0.9}
 MEMASLAP=${BENCH_MEMASLAP:-1}
@@ -151,7 +153,7 @@ run_one() {
     else
         # mc_load's own warmup precedes the measured seconds; its prefill too.
         taskset -c "$CLIENT_CPU" "$LOAD" --port "$PORT" --conns "$CONNS" --depth "$depth" \
-            --keys "$KEYS" --key-size 32 --value-size 100 --get-ratio "$GET_RATIO" \
+            --keys "$KEYS" --key-size 32 --value-size "$VALUE_SIZE" --get-ratio "$GET_RATIO" \
             --duration "$DURATION" --warmup "$WARMUP" --server-pid "$SRV_PID" >"$out" 2>&1 &
         LOAD_PID=$!
     fi
@@ -229,7 +231,7 @@ echo "ringline:    $("$RINGLINE" --version 2>&1 | head -n1)"
 echo "pinning:     server taskset -c $SERVER_CPU, load taskset -c $CLIENT_CPU"
 echo "servers:     memcached -p PORT -U 0 -t 1 -l 127.0.0.1 ${MC_USER[*]}"
 echo "             ringline --workers 1 --listen tcp://127.0.0.1:PORT ${RL_EXTRA[*]} scripts/memcached.lua"
-echo "load:        mc_load --conns $CONNS --keys $KEYS --key-size 32 --value-size 100 --get-ratio $GET_RATIO" \
+echo "load:        mc_load --conns $CONNS --keys $KEYS --key-size 32 --value-size $VALUE_SIZE --get-ratio $GET_RATIO" \
      "--duration $DURATION --warmup $WARMUP; plain: --depth 1, pipelined: --depth $DEPTH (requests per write)"
 [[ -z $MEMASLAP_BIN ]] || echo "cross-check: $MEMASLAP_BIN -T 1 -c $CONNS -t ${DURATION%.*}s (32 B keys, 100 B values, ${GET_RATIO} get) -- plain only"
 echo "repeat:      $REPEAT (best ops/s of N, servers alternate)"

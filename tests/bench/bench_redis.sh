@@ -13,6 +13,7 @@
 #   BENCH_CONNECTIONS=50    redis-benchmark -c
 #   BENCH_TESTS=set,get     redis-benchmark -t
 #   BENCH_DEPTHS="1 16"     redis-benchmark -P values
+#   BENCH_VALUE_SIZE=3      redis-benchmark -d (value bytes of SET/GET)
 #   BENCH_REPEAT=1          runs per server and depth; the best req/s is kept
 #   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1
 #   BENCH_WORKERS2=1        0: skip the ringline --workers 2 runs
@@ -30,6 +31,7 @@ bench_args "$@"
 REQUESTS=${BENCH_REQUESTS:-400000}
 CONNS=${BENCH_CONNECTIONS:-50}
 TESTS=${BENCH_TESTS:-set,get}
+VALUE_SIZE=${BENCH_VALUE_SIZE:-3}
 read -ra DEPTHS <<<"${BENCH_DEPTHS:-1 16}"
 REPEAT=${BENCH_REPEAT:-1}
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
@@ -41,6 +43,7 @@ read -ra RL_EXTRA <<<"${RINGLINE_ARGS:-}"
 is_int "$REQUESTS" || die "BENCH_REQUESTS must be a positive integer"
 is_int "$CONNS" || die "BENCH_CONNECTIONS must be a positive integer"
 is_int "$REPEAT" || die "BENCH_REPEAT must be a positive integer"
+is_int "$VALUE_SIZE" || die "BENCH_VALUE_SIZE must be a positive integer"
 for d in "${DEPTHS[@]}"; do is_int "$d" || die "bad depth '$d' in BENCH_DEPTHS"; done
 check_cores "$SERVER_CPU" "$CLIENT_CPU" "server and client"
 command -v taskset >/dev/null || die "taskset not found: apt-get install util-linux"
@@ -121,7 +124,7 @@ run_one() {
     read -r b0 t0 k0 < <(core_jiffies "$SERVER_CPU")
     s0=$(proc_ticks "$SRV_PID")
     "${client[@]}" redis-benchmark -p "$port" -c "$CONNS" -n "$REQUESTS" -P "$depth" \
-        -t "$TESTS" -q --csv >"$out" 2>"$out.err" || rc=$?
+        -d "$VALUE_SIZE" -t "$TESTS" -q --csv >"$out" 2>"$out.err" || rc=$?
     read -r b1 t1 k1 < <(core_jiffies "$SERVER_CPU")
     s1=$(proc_ticks "$SRV_PID")
     if [[ $kind != ringline2 ]]; then
@@ -175,7 +178,7 @@ run_one() {
 KINDS=(ringline1 redis)
 [[ $WORKERS2 == 1 ]] && KINDS+=(ringline2)
 
-echo "bench_redis: redis-benchmark -c $CONNS -n $REQUESTS -t $TESTS; servers on core $SERVER_CPU," \
+echo "bench_redis: redis-benchmark -c $CONNS -n $REQUESTS -d $VALUE_SIZE -t $TESTS; servers on core $SERVER_CPU," \
     "client on core $CLIENT_CPU (ringline -w2: unpinned); $(redis-server --version | awk '{ print $3 }')" >&2
 for ((r = 1; r <= REPEAT; r++)); do
     for depth in "${DEPTHS[@]}"; do

@@ -318,7 +318,63 @@ static void test_advance_all_at_once(void **state)
 	assert_int_equal(f->br.staged, 0);
 	assert_int_equal(rl_bufring_unref(&f->br, 4), 1);
 	assert_int_equal(f->br.staged, 1);
-	assert_int_equal(f->pool.count, 2);
+	/* "tail" followed a ring range: it took a small chunk. */
+	assert_int_equal(f->pool.count, 1);
+	assert_int_equal(f->pool.count_small, 1);
+}
+
+/* A reply's framing between zero-copy values (a pipeline of GETs) takes
+ * small chunks, not 4 KiB apiece; a copy too large for one, or a run of
+ * copies that fills one, goes on in ordinary chunks. */
+static void test_small_chunks_between_refs(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t want[8192], big[600];
+	size_t n = 0;
+
+	recv_into(f, 1);
+	pattern(big, sizeof(big), 3);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(rl_sendq_push_copy(&f->q, &f->pool, "$100\r\n", 6), 0);
+		memcpy(want + n, "$100\r\n", 6);
+		n += 6;
+		assert_int_equal(rl_sendq_push_ref(&f->q, &f->br, buf(f, 1) + i * 200,
+						   100, 1), 0);
+		memcpy(want + n, buf(f, 1) + i * 200, 100);
+		n += 100;
+		assert_int_equal(rl_sendq_push_copy(&f->q, &f->pool, "\r\n", 2), 0);
+		memcpy(want + n, "\r\n", 2);
+		n += 2;
+	}
+	assert_queue(&f->q, want, n);
+	/* The first copy opened the queue: an ordinary chunk; the ones after
+	 * a range: small. */
+	assert_int_equal(f->q.segs[0].cap, RL_CHUNK_SIZE);
+	assert_int_equal(f->q.segs[(f->q.head + 2) & (f->q.cap - 1)].cap,
+			 RL_CHUNK_SMALL);
+	/* Filling the small chunk spills into an ordinary one. */
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(rl_sendq_push_copy(&f->q, &f->pool, big, 100), 0);
+		memcpy(want + n, big, 100);
+		n += 100;
+	}
+	assert_queue(&f->q, want, n);
+	assert_int_equal(f->q.segs[(f->q.head + f->q.count - 1) & (f->q.cap - 1)].cap,
+			 RL_CHUNK_SIZE);
+	/* A copy over half a small chunk after a range: ordinary. */
+	assert_int_equal(rl_sendq_push_ref(&f->q, &f->br, buf(f, 1) + 1000, 10, 1), 0);
+	memcpy(want + n, buf(f, 1) + 1000, 10);
+	n += 10;
+	assert_int_equal(rl_sendq_push_copy(&f->q, &f->pool, big, sizeof(big)), 0);
+	memcpy(want + n, big, sizeof(big));
+	n += sizeof(big);
+	assert_queue(&f->q, want, n);
+	assert_int_equal(f->q.segs[(f->q.head + f->q.count - 1) & (f->q.cap - 1)].cap,
+			 RL_CHUNK_SIZE);
+	rl_sendq_advance(&f->q, &f->pool, &f->br, n);
+	assert_int_equal(f->q.count, 0);
+	assert_int_equal(f->pool.count_small, 3);
+	assert_int_equal(rl_bufring_unref(&f->br, 1), 1);
 }
 
 static void test_detach(void **state)
@@ -410,7 +466,9 @@ static void test_clear(void **state)
 	assert_int_equal(f->br.leases[6], 0);
 	assert_int_equal(f->br.leased, 0);
 	assert_int_equal(f->br.staged, 2);
-	assert_int_equal(f->pool.count, 4);        /* pool max */
+	/* Each copy followed a ring range: small chunks, up to the max. */
+	assert_int_equal(f->pool.count, 0);
+	assert_int_equal(f->pool.count_small, 4);
 	assert_false(rl_sendq_has_refs(&f->q));
 
 	/* Usable again. */
@@ -584,6 +642,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_push_ref_leases, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_advance_partial, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_advance_all_at_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_small_chunks_between_refs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_detach, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_clear, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_grow_and_shrink, setup, teardown),
