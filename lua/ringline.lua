@@ -66,6 +66,14 @@ M.slice = require "ringline.slice"
 -- ringline.connect(addr, handlers[, {timeout = ms}]) -> conn | nil, err
 M.connect = function(...) return require("ringline.conn").connect(...) end
 
+local coro = require "ringline.coro"
+-- Coroutines: ringline.spawn(fn, ...) runs fn now, up to its first wait;
+-- ringline.sleep(ms); ringline.thread.spawn / wait (the first of several
+-- to end) / wait_all; ringline.tcp() a sequential socket (ringline.cosocket).
+M.spawn, M.sleep = coro.spawn, coro.sleep
+M.thread = { spawn = coro.spawn, wait = coro.wait, wait_all = coro.wait_all }
+M.tcp = function() return require("ringline.cosocket").tcp() end
+
 local timer = require "ringline.timer"
 -- Timers: ringline.after(ms, fn), ringline.every(ms, fn); t:cancel().
 -- Time: now_ms() (monotonic) and unix_ms() (wall clock), both the time the

@@ -12,6 +12,8 @@ local service = require "ringline.service"
 local ringline = require "ringline"
 local timer = require "ringline.timer"
 local guard = require "ringline.guard"
+local coro = require "ringline.coro"
+local cosocket = require "ringline.cosocket"
 
 local C = ffi.C
 local pcall, type, tostring = pcall, type, tostring
@@ -176,6 +178,27 @@ local function load_version(script, old)
   return svc, undo
 end
 
+-- A task failed: counted and logged as a handler error; an accepted
+-- connection its on_connect owned is closed (coroutine_exit).
+local function coroutine_error(w, task, err)
+  local reason, what, hint = classify(w, err)
+  local c = task.owns
+  ringline.error(("%scoroutine %s: %s%s"):format(
+    c and ("conn %d: "):format(c.id) or "", what, tostring(err), hint))
+  if c and not c.closed then C.rl_conn_close(w, c._idx, c._gen, reason, 0) end
+  if reason == C.RL_CLOSE_NOMEM then collectgarbage() end
+  C.rl_lua_memory_relax(w, 0)
+end
+
+-- on_connect returned (or failed): its connection closes once what it
+-- queued is sent.
+local function coroutine_exit(task)
+  local c = task.owns
+  if c and not c.closed then c:close() end
+end
+
+local function run_on_connect(f, sock) return f(sock) end
+
 local function bad_consumed(k)
   error(("on_data must return the number of bytes consumed or nil, got %s")
     :format(type(k) == "number" and tostring(k) or type(k)), 0)
@@ -186,7 +209,10 @@ local function run(w, svc, script)
   local conns = connmod.live
   local on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
   local on_eof, on_drain = svc.on_eof, svc.on_drain
+  local on_connect = svc.on_connect
   local prefetch = svc.prefetch
+  local co_handlers = cosocket.handlers
+  local spawn_with = coro.spawn_with
 
   local run_due, now_ms = timer.run_due, timer.now_ms
   timer.use_clock(C.rl_worker_clock(w))
@@ -219,6 +245,7 @@ local function run(w, svc, script)
     svc = new
     on_open, on_data, on_close = svc.on_open, svc.on_data, svc.on_close
     on_eof, on_drain = svc.on_eof, svc.on_drain
+    on_connect = svc.on_connect
     prefetch = svc.prefetch
     C.rl_worker_set_max_unconsumed(w, svc.max_unconsumed or 0)
     note_script_modules()
@@ -277,8 +304,16 @@ local function run(w, svc, script)
           local e = evs[ei]
           local c = new_conn(e.conn, e.gen)
           c.listener = e.res + 1     -- which listen address, 1-based
-          if on_eof then C.rl_conn_set_eof_event(w, e.conn, e.gen, 1) end
-          if on_open then
+          if on_connect then
+            -- A sequential service: one task per connection, reading
+            -- through a cosocket; its handlers are the cosocket's.
+            cur = c
+            c._h = co_handlers
+            local sock = cosocket.accepted(c)
+            spawn_with(coroutine_exit, c, run_on_connect, on_connect, sock)
+            release()
+          elseif on_eof then C.rl_conn_set_eof_event(w, e.conn, e.gen, 1) end
+          if on_open and not on_connect then
             cur = c
             on_open(c)
             release()
@@ -376,6 +411,7 @@ function M.prepare(wptr, script)
   W, W_stats = w, C.rl_worker_stats(w)
   timer.set_logger(ringline.error)
   timer.set_error_handler(function(t, err) timer_error(w, t, err) end)
+  coro.set_error_handler(function(task, err) coroutine_error(w, task, err) end)
   connmod.bind(w)
   script_dir = script:match("^(.*)/[^/]*$") or "."
   for name in pairs(package.loaded) do baseline[name] = true end

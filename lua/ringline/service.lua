@@ -4,7 +4,7 @@ local guard = require "ringline.guard"
 local M = {}
 
 local HANDLERS = { "init", "on_open", "on_data", "on_close", "on_eof",
-  "on_drain", "reload" }
+  "on_drain", "reload", "on_connect" }
 
 local function fail(path, fmt, ...)
   error(("script %s: " .. fmt):format(path, ...), 0)
@@ -20,8 +20,11 @@ function M.validate(svc, path)
       fail(path, "%s must be a function, it is a %s", name, type(f))
     end
   end
-  if svc.on_data == nil then
-    fail(path, "the service table has no on_data function")
+  if svc.on_data == nil and svc.on_connect == nil then
+    fail(path, "the service table has no on_data function (nor on_connect)")
+  end
+  if svc.on_data ~= nil and svc.on_connect ~= nil then
+    fail(path, "on_data and on_connect are two ways to read: give one")
   end
   local l = svc.listen
   if l ~= nil and type(l) ~= "string" then

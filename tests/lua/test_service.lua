@@ -277,6 +277,13 @@ T.validate_on_data_required = function()
   invalid({ on_open = f, on_close = f, init = f }, "no on_data function")
 end
 
+T.validate_on_connect = function()
+  -- A sequential service reads through on_connect instead of on_data.
+  eq(type(service.validate({ on_connect = f }, "x.lua")), "table")
+  invalid({ on_connect = f, on_data = f }, "on_data and on_connect are two ways to read")
+  invalid({ on_connect = "x" }, "on_connect must be a function, it is a string")
+end
+
 T.validate_listen = function()
   eq(service.validate({ on_data = f, listen = "0.0.0.0:80" }, "x").listen,
     "0.0.0.0:80", "string")
@@ -312,7 +319,7 @@ T.validate_reports_first_problem_in_order = function()
   invalid({ on_open = 1 }, "on_open must be a function")
   -- The path given is the one named.
   local err = raises("no on_data", service.validate, {}, "/srv/app.lua")
-  eq(err, "script /srv/app.lua: the service table has no on_data function")
+  eq(err, "script /srv/app.lua: the service table has no on_data function (nor on_connect)")
 end
 
 return T

@@ -1,0 +1,102 @@
+-- cosocket.lua: a sequential (on_connect) service whose line commands
+-- drive coroutines, cosockets and the Redis client for the tests:
+--   redis N ROUNDS POOL   N tasks, each ROUNDS x (connect, SET, GET, keep
+--                         alive) against RINGLINE_TEST_REDIS, POOL
+--                         connections at most; "done N bad B fresh F"
+--   connect ADDR          a connect and one read: "ok" or "err <reason>"
+--   read ADDR MS          connect, read a line with an MS read timeout
+--   slice ADDR            read a slice, wait, use it: "err <message>"
+--   first                 thread.wait of a fast and a slow task: "first X"
+--   sleep MS              "slept"
+--   boom                  the coroutine fails (the connection closes)
+--   echo ...              answered with the rest of the line
+local ringline = require "ringline"
+local redis = require "ringline.redis"
+
+local REDIS = os.getenv("RINGLINE_TEST_REDIS") or "127.0.0.1:6379"
+
+local function redis_rounds(n, rounds, pool)
+  local bad, fresh, errs = 0, 0, {}
+  local threads = {}
+  for i = 1, n do
+    threads[i] = ringline.thread.spawn(function()
+      for r = 1, rounds do
+        local red = redis.new()
+        red:set_timeout(10000)
+        local ok, err = red:connect(REDIS, { pool_size = pool, backlog = n })
+        if not ok then error("connect: " .. tostring(err)) end
+        if red:get_reused_times() == 0 then fresh = fresh + 1 end
+        local key, val = "k" .. i, ("v%d-%d"):format(i, r)
+        local res, e = red:set(key, val)
+        if res ~= "OK" then bad = bad + 1; errs[#errs + 1] = tostring(e) end
+        res, e = red:get(key)
+        if res ~= val then bad = bad + 1; errs[#errs + 1] = tostring(res) .. " " .. tostring(e) end
+        red:set_keepalive(10000, pool)
+      end
+    end)
+  end
+  local failed = 0
+  for _, r in ipairs(ringline.thread.wait_all(unpack(threads))) do
+    if not r[1] then failed = failed + 1; errs[#errs + 1] = tostring(r[2]) end
+  end
+  return ("done %d bad %d fresh %d failed %d %s"):format(n, bad, fresh, failed,
+    errs[1] or "")
+end
+
+local held
+
+return {
+  on_connect = function(sock)
+    while true do
+      local line = sock:receive_line()
+      if not line then return end
+      local cmd, rest = line:match("^(%S+)%s*(.*)$")
+      local out
+      if cmd == "redis" then
+        local n, rounds, pool = rest:match("^(%d+) (%d+) (%d+)$")
+        out = redis_rounds(tonumber(n), tonumber(rounds), tonumber(pool))
+      elseif cmd == "connect" then
+        local s = ringline.tcp()
+        s:settimeouts(2000, 2000, 2000)
+        local ok, err = s:connect(rest)
+        out = ok and "ok" or "err " .. tostring(err)
+        s:close()
+      elseif cmd == "read" then
+        local addr, ms = rest:match("^(%S+) (%d+)$")
+        local s = ringline.tcp()
+        s:settimeouts(2000, 2000, tonumber(ms))
+        local ok, err = s:connect(addr)
+        if ok then ok, err = s:receive_line() end
+        out = ok and "line " .. ok or "err " .. tostring(err)
+        s:close()
+      elseif cmd == "slice" then
+        local s = ringline.tcp()
+        local ok, err = s:connect(rest)
+        if ok then
+          local sl = s:read(4)
+          held = sl
+          local first = sl:tostring()
+          ringline.sleep(1)            -- a wait: the slice's lease ends
+          local ok2, e2 = pcall(function() return held:tostring() end)
+          out = ("first %s after %s"):format(first, ok2 and "valid" or "err " .. tostring(e2))
+        else
+          out = "err " .. tostring(err)
+        end
+        s:close()
+      elseif cmd == "first" then
+        local slow = ringline.thread.spawn(function() ringline.sleep(300); return "slow" end)
+        local fast = ringline.thread.spawn(function() ringline.sleep(10); return "fast" end)
+        local ok, v = ringline.thread.wait(slow, fast)
+        out = "first " .. tostring(ok) .. " " .. tostring(v)
+      elseif cmd == "sleep" then
+        ringline.sleep(tonumber(rest))
+        out = "slept"
+      elseif cmd == "boom" then
+        error("boom requested")
+      else
+        out = rest
+      end
+      sock:send(out .. "\n")
+    end
+  end,
+}
