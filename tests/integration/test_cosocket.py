@@ -136,3 +136,18 @@ def test_cosocket_reload_while_tasks_wait(ctx):
     check(_ask(b, "echo new conn") == "new conn", "a new connection after the reload")
     a.close()
     b.close()
+
+
+def test_cosocket_memcached_client(ctx):
+    """The memcached client's every command against memcached 1.6 and
+    against ringline's own memcached.lua, each answer checked (a 320 KB
+    value included: built past the residue)."""
+    import test_memcached
+    real = test_memcached.start_memcached(ctx)
+    ours = test_memcached.start_ringline(ctx, workers=1)
+    srv = _server(ctx)
+    s = connect(srv.addr)
+    for name, peer in (("memcached", real), ("memcached.lua", ours)):
+        got = _ask(s, f"mc 127.0.0.1:{test_memcached.port_of(peer)}")
+        check(got == "mc ok", f"against {name}: {got}")
+    s.close()

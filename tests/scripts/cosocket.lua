@@ -9,9 +9,12 @@
 --   first                 thread.wait of a fast and a slow task: "first X"
 --   sleep MS              "slept"
 --   boom                  the coroutine fails (the connection closes)
+--   mc ADDR               the memcached client's commands against ADDR:
+--                         "mc ok" or "mc fail <step> <what came back>"
 --   echo ...              answered with the rest of the line
 local ringline = require "ringline"
 local redis = require "ringline.redis"
+local memcached = require "ringline.memcached"
 
 local REDIS = os.getenv("RINGLINE_TEST_REDIS") or "127.0.0.1:6379"
 
@@ -41,6 +44,56 @@ local function redis_rounds(n, rounds, pool)
   end
   return ("done %d bad %d fresh %d failed %d %s"):format(n, bad, fresh, failed,
     errs[1] or "")
+end
+
+-- Every client call against a real server, each answer checked.
+local function mc_scenario(addr)
+  local mc = memcached.new()
+  mc:set_timeout(2000)
+  local ok, err = mc:connect(addr)
+  if not ok then return "mc fail connect " .. tostring(err) end
+  local big = ("0123456789abcdef"):rep(20000)      -- 320,000 bytes
+  local steps = {
+    { "flush", function() return mc:flush_all() end, true },
+    { "miss", function() return mc:get("nokey") end, nil },
+    { "set", function() return mc:set("a", "alpha", 0, 42) end, true },
+    { "get", function() local v, f = mc:get("a"); return v .. "/" .. f end, "alpha/42" },
+    { "add exists", function() local _, e = mc:add("a", "x"); return e end, "NOT_STORED" },
+    { "replace", function() return mc:replace("a", "beta") end, true },
+    { "append", function() return mc:append("a", "+") end, true },
+    { "prepend", function() return mc:prepend("a", "-") end, true },
+    { "get2", function() return (mc:get("a")) end, "-beta+" },
+    { "gets cas", function()
+        local _, _, cas = mc:gets("a")
+        local ok1 = mc:cas("a", "gamma", cas)
+        local _, e = mc:cas("a", "delta", cas)
+        return tostring(ok1) .. " " .. tostring(e)
+      end, "true EXISTS" },
+    { "multi", function()
+        mc:set("b", "bee")
+        local r = mc:get({ "a", "b", "zz" })
+        return r.a[1] .. r.b[1] .. tostring(r.zz)
+      end, "gammabeenil" },
+    { "incr", function() mc:set("n", "10"); return mc:incr("n", 5) end, 15 },
+    { "decr", function() return mc:decr("n", 20) end, 0 },
+    { "incr miss", function() local _, e = mc:incr("nokey", 1); return e end, "NOT_FOUND" },
+    { "touch", function() return mc:touch("a", 100) end, true },
+    { "delete", function() return mc:delete("a") end, true },
+    { "delete again", function() local _, e = mc:delete("a"); return e end, "NOT_FOUND" },
+    { "big", function()
+        assert(mc:set("big", big))
+        local v = mc:get("big")
+        return #v == #big and v == big
+      end, true },
+  }
+  for _, st in ipairs(steps) do
+    local got = st[2]()
+    if got ~= st[3] then
+      return ("mc fail %s %s"):format(st[1], tostring(got))
+    end
+  end
+  mc:set_keepalive(1000, 4)
+  return "mc ok"
 end
 
 local held
@@ -88,6 +141,8 @@ return {
         local fast = ringline.thread.spawn(function() ringline.sleep(10); return "fast" end)
         local ok, v = ringline.thread.wait(slow, fast)
         out = "first " .. tostring(ok) .. " " .. tostring(v)
+      elseif cmd == "mc" then
+        out = mc_scenario(rest)
       elseif cmd == "sleep" then
         ringline.sleep(tonumber(rest))
         out = "slept"
