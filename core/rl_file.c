@@ -234,21 +234,13 @@ void rl_w_on_send_poll(struct rl_worker *w, struct io_uring_cqe *cqe)
 	queue_work(w, c, idx);
 }
 
-static void sent(struct rl_worker *w, struct rl_conn *c, size_t n)
-{
-	w->stats.bytes_out += n;
-	c->active_ns = w->clock.mono_ns;
-}
-
 /* A send from this thread failed: EAGAIN waits for room, anything else
  * ends the connection.  Returns 0 (handled). */
 static int send_failed(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
 		       int err)
 {
 	if (err == EAGAIN || err == EINTR) {
-		c->slow = 1;
-		if (rl_sendq_has_refs(&c->sq))
-			rl_sendq_detach(&c->sq, &w->pool, &w->br);
+		sent_bytes(w, c, 0, 1);
 		wait_writable(w, c, idx);
 		return 0;
 	}
@@ -278,9 +270,11 @@ static int send_before_file(struct rl_worker *w, struct rl_conn *c,
 	if (n < 0)
 		return send_failed(w, c, idx, errno);
 	rl_sendq_advance(&c->sq, &w->pool, &w->br, (size_t)n);
-	sent(w, c, (size_t)n);
-	if ((size_t)n < bytes)
-		return send_failed(w, c, idx, EAGAIN);
+	sent_bytes(w, c, (size_t)n, (size_t)n < bytes);
+	if ((size_t)n < bytes) {
+		wait_writable(w, c, idx);
+		return 0;
+	}
 	return 1;
 }
 
@@ -341,10 +335,11 @@ int rl_w_send_files_direct(struct rl_worker *w, struct rl_conn *c,
 		}
 		rl_sendq_file_sent(&c->sq, &w->pool, &w->br, (size_t)n);
 		w->stats.file_bytes_direct += (uint64_t)n;
-		sent(w, c, (size_t)n);
-		if (n < want)
-			return send_failed(w, c, idx, EAGAIN);
-		c->slow = 0;
+		sent_bytes(w, c, (size_t)n, n < want);
+		if (n < want) {
+			wait_writable(w, c, idx);
+			return 0;
+		}
 	}
 	return 1;
 }

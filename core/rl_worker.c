@@ -528,13 +528,7 @@ static int on_send(struct rl_worker *w, struct io_uring_cqe *cqe,
 	c->send_inflight = 0;
 	if (likely(res > 0)) {
 		rl_sendq_advance(&c->sq, &w->pool, &w->br, (size_t)res);
-		w->stats.bytes_out += (uint64_t)res;
-		c->active_ns = w->clock.mono_ns;
-		/* A short send means the peer reads slower than we write:
-		 * give its ring buffers back by copying what is left. */
-		c->slow = (uint32_t)res < c->inflight_bytes;
-		if (unlikely(c->slow) && rl_sendq_has_refs(&c->sq))
-			rl_sendq_detach(&c->sq, &w->pool, &w->br);
+		sent_bytes(w, c, (size_t)res, (uint32_t)res < c->inflight_bytes);
 	} else if (res < 0) {
 		if (!c->close_reason)
 			c->close_reason = res;

@@ -198,6 +198,20 @@ static inline size_t sq_marked(const struct rl_conn *c)
 	return c->sq.bytes - c->sq.ref_bytes;
 }
 
+/* n bytes went out (already advanced in the queue); short: fewer than
+ * offered, so the peer reads slower than we write: its ring buffers go
+ * back, what is left is copied (and counts for the marks from then on). */
+static inline void sent_bytes(struct rl_worker *w, struct rl_conn *c,
+			      size_t n, int short_send)
+{
+	w->stats.bytes_out += n;
+	if (n)
+		c->active_ns = w->clock.mono_ns;
+	c->slow = short_send != 0;
+	if (unlikely(c->slow) && rl_sendq_has_refs(&c->sq))
+		rl_sendq_detach(&c->sq, &w->pool, &w->br);
+}
+
 /* What a connection holds for --max-client-memory: queued bytes (a file
  * range's only once read) and the residue's allocation. */
 static inline uint64_t conn_mem(const struct rl_conn *c)

@@ -24,6 +24,12 @@ local current = nil            -- the task running now, or nil
 local log_error = function(msg) io.stderr:write(msg, "\n") end
 -- The loop counts errors and closes what a failed task owns.
 local on_error = function(task, err) log_error("coroutine failed: " .. tostring(err)) end
+-- A task that ends with sockets still open (task.socks): ringline.cosocket
+-- closes them, so nothing holds a connection or its buffers for a task
+-- that is gone.
+local close_socks = function(task) end
+
+function M.set_socket_closer(fn) close_socks = fn end
 
 function M.set_logger(fn) log_error = fn end
 function M.set_error_handler(fn) on_error = fn end
@@ -62,6 +68,7 @@ local function body(task)
       task.err = task.res1
       on_error(task, task.res1)
     end
+    if task.socks then close_socks(task) end
     if task.on_exit then task.on_exit(task) end
     finish(task)
     if nidle >= POOL_MAX then return end

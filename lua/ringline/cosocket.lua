@@ -10,6 +10,9 @@
 -- paused and what arrived stays in its receive buffers, copied out by the
 -- core only if the ring runs low.
 --
+-- A socket belongs to the task that connected it and is closed when that
+-- task ends, unless it went back to the pool first (setkeepalive).
+--
 -- Slices from sock:read()/read_any() live until the task's next wait (the
 -- handler call that resumed it returns then); strings from receive*() are
 -- copies and live on.  Errors are returned, never raised: nil and
@@ -375,7 +378,29 @@ local function unbind(s)
   if c then c._sock = nil end
   s.conn = nil
   s.reading = false
+  local owner = s.owner
+  if owner then
+    owner.socks[s] = nil
+    s.owner = nil
+  end
 end
+
+-- The task that connected a socket owns it: it is closed when that task
+-- ends (pooled or closed sockets are no longer listed).
+local function own(s, task)
+  local l = task.socks
+  if not l then
+    l = {}
+    task.socks = l
+  end
+  l[s] = true
+  s.owner = task
+end
+
+coro.set_socket_closer(function(task)
+  for s in pairs(task.socks) do s:close() end
+  task.socks = nil
+end)
 
 local function pool_of(key)
   local p = pools[key]
@@ -450,6 +475,7 @@ function Sock:connect(addr, opts)
       c:set_timeout(0)
       bind(self, c)
       c._uses = (c._uses or 1) + 1
+      own(self, task)
       return true
     end
   end
@@ -459,6 +485,7 @@ function Sock:connect(addr, opts)
     return nil, err
   end
   bind(self, c)
+  own(self, task)
   self.connecting = true
   local r, e = wait(self, task, 0)       -- the core times the connect out
   self.connecting = false

@@ -197,8 +197,6 @@ local function coroutine_exit(task)
   if c and not c.closed then c:close() end
 end
 
-local function run_on_connect(f, sock) return f(sock) end
-
 local function bad_consumed(k)
   error(("on_data must return the number of bytes consumed or nil, got %s")
     :format(type(k) == "number" and tostring(k) or type(k)), 0)
@@ -310,7 +308,7 @@ local function run(w, svc, script)
             cur = c
             c._h = co_handlers
             local sock = cosocket.accepted(c)
-            spawn_with(coroutine_exit, c, run_on_connect, on_connect, sock)
+            spawn_with(coroutine_exit, c, on_connect, sock)
             release()
           elseif on_eof then C.rl_conn_set_eof_event(w, e.conn, e.gen, 1) end
           if on_open and not on_connect then

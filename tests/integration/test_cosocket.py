@@ -151,3 +151,27 @@ def test_cosocket_memcached_client(ctx):
         got = _ask(s, f"mc 127.0.0.1:{test_memcached.port_of(peer)}")
         check(got == "mc ok", f"against {name}: {got}")
     s.close()
+
+
+def test_cosocket_closed_when_its_task_ends(ctx):
+    """A task that ends without closing its socket: the socket closes with
+    it (what it sent still goes out), so no connection or receive buffer
+    outlives the task."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    srv = _server(ctx)
+    s = connect(srv.addr)
+    check(_ask(s, f"forget 127.0.0.1:{lst.getsockname()[1]}") == "forgot", "the task ran")
+    c, _ = lst.accept()
+    c.settimeout(5)
+    got = b""
+    while True:
+        chunk = c.recv(100)
+        if not chunk:
+            break
+        got += chunk
+    check(got == b"hi\n", f"the backend got {got!r} and then the close")
+    c.close()
+    lst.close()
+    s.close()

@@ -11,6 +11,8 @@
 --   boom                  the coroutine fails (the connection closes)
 --   mc ADDR               the memcached client's commands against ADDR:
 --                         "mc ok" or "mc fail <step> <what came back>"
+--   forget ADDR           a task connects to ADDR and ends without closing
+--                         it: "forgot" (the socket closes with the task)
 --   echo ...              answered with the rest of the line
 local ringline = require "ringline"
 local redis = require "ringline.redis"
@@ -141,6 +143,14 @@ return {
         local fast = ringline.thread.spawn(function() ringline.sleep(10); return "fast" end)
         local ok, v = ringline.thread.wait(slow, fast)
         out = "first " .. tostring(ok) .. " " .. tostring(v)
+      elseif cmd == "forget" then
+        local t = ringline.thread.spawn(function()
+          local s = ringline.tcp()
+          assert(s:connect(rest))
+          s:send("hi\n")
+        end)
+        ringline.thread.wait(t)
+        out = "forgot"
       elseif cmd == "mc" then
         out = mc_scenario(rest)
       elseif cmd == "sleep" then

@@ -5,12 +5,7 @@
 
 #define LIMIT (1u << 20)
 
-static uint32_t rng_state;
-static inline uint32_t rnd(void)
-{
-	rng_state = rng_state * 1103515245u + 12345u;
-	return rng_state >> 8;
-}
+#include "test_rng.h"
 
 /* Bytes that differ from buffer to buffer and position to position. */
 static inline void fill(uint8_t *p, size_t n, uint8_t seed)

@@ -39,12 +39,7 @@ static inline int teardown(void **state)
 	return 0;
 }
 
-static uint32_t rng_state;
-static inline uint32_t rnd(void)
-{
-	rng_state = rng_state * 1103515245u + 12345u;
-	return rng_state >> 8;
-}
+#include "test_rng.h"
 
 static inline void pattern(uint8_t *p, size_t n, uint8_t seed)
 {

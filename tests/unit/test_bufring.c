@@ -31,12 +31,7 @@ static uint16_t tail_of(const struct rl_bufring *r)
 }
 
 /* A small deterministic generator, so failures reproduce. */
-static uint32_t rng_state = 12345;
-static uint32_t rnd(void)
-{
-	rng_state = rng_state * 1103515245u + 12345u;
-	return rng_state >> 8;
-}
+#include "test_rng.h"
 
 static void shuffle(uint32_t *a, uint32_t n)
 {
