@@ -10,7 +10,7 @@ PKGS := liburing luajit
 DEPS_BUILD := gcc make pkg-config liburing-dev libluajit2-5.1-dev luajit2 \
 	libcmocka-dev
 DEPS_TEST := python3 procps util-linux curl redis-server redis-tools \
-	memcached libmemcached-tools
+	memcached libmemcached-tools nginx-light
 DEPS := $(DEPS_BUILD) $(DEPS_TEST)
 # The peers the benchmarks compare against, installed by `make bench`.
 DEPS_BENCH := wrk nginx-light libnginx-mod-http-lua haproxy

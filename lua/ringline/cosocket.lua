@@ -331,6 +331,34 @@ function Sock:read_any(max)
   end
 end
 
+-- The bytes that have arrived, at least n of them (default 1), as a slice,
+-- without taking them: a later peek or read sees them again, with what
+-- arrived since after them, contiguous.  This is how a frame is parsed in
+-- place: peek, parse; incomplete, peek(#s + 1); complete, skip(frame).
+-- Valid until this task's next wait; n at most --max-unconsumed.
+function Sock:peek(n)
+  n = n or 1
+  local task = need("sock:peek")
+  local b = self.buf
+  if b and #b > 0 then return nil, "bytes buffered by receive(): read them with receive" end
+  while true do
+    local p, k = avail(self)
+    if k >= n then
+      local d = self.data
+      return Slice(p, k, d.bid, d.epoch)
+    end
+    local ok, err = more(self, task)
+    if not ok then return nil, err end
+  end
+end
+
+-- Take n bytes of what peek showed (no wait).
+function Sock:skip(n)
+  local _, k = avail(self)
+  if n > k then error("skip: past the bytes that have arrived", 2) end
+  self.pos = self.pos + n
+end
+
 -- -- Sending ---------------------------------------------------------------
 
 -- After a send: while the connection is over --high-water, wait (send

@@ -33,18 +33,18 @@
 --   value_len[i]: 0-based offsets from s.base, value trimmed of SP/HT.
 --   Accessors take the slice that was parsed; only they allocate.
 --
---   local d = P.new_chunked()                    -- d:reset() between bodies
---   local st, used = P.decode_chunked(s, off, d, max_body)
---     st 1: body and trailers complete, `used` bytes from off were the body
---       (later calls return 1, 0 until d:reset())
---     st 0: all bytes from off processed (used == #s - off); need more.
---       The state is kept in d: the next call takes the bytes that follow.
---     st -1: error; d.status is 400 or 413 (later calls return -1, 0);
---       `used` ends before the byte found wrong, or after the size digit
---       that took the size over a limit
---     d.n data ranges found in this call: d.off[k], d.len[k] (0-based
---     offsets from s.base), or d:data(s, k) as a slice; d.total is the
---     body length so far; max_body (default 2^53-1) bounds d.total.
+--   local res = P.new_response(max_headers)
+--   local n = P.parse_response(s, res, max_header_bytes, off)
+--     as parse_request, for a status line: res.code (100-999), res.minor,
+--     res:reason(s); res.status is 502 after -1 (the upstream sent a
+--     malformed head); res.content_length, res.chunked (the final coding
+--     is chunked), res.until_close (a Transfer-Encoding whose final coding
+--     is not chunked: the body runs to the close), res.keep_alive.
+--     Whether a body follows also depends on the request (HEAD) and the
+--     code (1xx, 204, 304): P.response_has_body(res, head_request).
+--
+--   P.new_chunked(), P.decode_chunked(s, off, d, max_body): the chunked
+--   decoder of ringline.http.chunked.
 --
 -- Written for the LuaJIT compiler: bytes are read as s.base[i] (a pointer
 -- kept in a local would be boxed whenever it crosses from one trace to
@@ -71,59 +71,31 @@
 --   * Content-Length must be 1*DIGIT up to 2^53-1; repeated lines must agree.
 --   * More than one Host line is 400; HTTP/1.1 without Host is 400.
 --   * Expect: 100-continue is ignored in HTTP/1.0 requests (RFC 9110 10.1.1).
-local ffi = require "ffi"
 local bit = require "bit"
 local slice = require "ringline.slice"
 local util = require "ringline.util"
 
-local band, bor, lshift = bit.band, bit.bor, bit.lshift
+local chars = require "ringline.http.chars"
+local chunked = require "ringline.http.chunked"
+
+local band, bor = bit.band, bit.bor
 local byte = string.byte
 local error, setmetatable, type = error, setmetatable, type
 local check = slice.check_live
-local zeros, hexv, eq_nocase = util.zeros, util.hex_value, util.eq_nocase
+local zeros, eq_nocase = util.zeros, util.eq_nocase
+local cls = chars.cls
+local C_TOKEN, C_VALUE, C_TARGET, C_WS, C_SEP =
+  chars.C_TOKEN, chars.C_VALUE, chars.C_TARGET, chars.C_WS, chars.C_SEP
+local CR, LF, SP, HT, COLON, QMARK, COMMA =
+  chars.CR, chars.LF, chars.SP, chars.HT, chars.COLON, chars.QMARK, chars.COMMA
+local MAX_EXACT = chars.MAX_EXACT
 
 local M = {}
 
 M.DEFAULT_MAX_HEADERS = 64       -- new_request() without an argument
 M.DEFAULT_MAX_HEADER_BYTES = 8192 -- parse_request() without a limit
--- Fixed when the module loads (changing them later has no effect):
-M.MAX_CHUNK_LINE = 4096     -- chunk-size line with extensions and CRLF
-M.MAX_TRAILER_BYTES = 8192  -- trailer section, final CRLF included
-
-local MAX_EXACT = 9007199254740991 -- 2^53 - 1
-local MAX_CHUNK_LINE = M.MAX_CHUNK_LINE
-local MAX_TRAILER_BYTES = M.MAX_TRAILER_BYTES
-
-local CR, LF, SP, HT = 13, 10, 32, 9
-local COLON, QMARK, COMMA, SEMI, EQUALS, DQUOTE, BSLASH =
-  58, 63, 44, 59, 61, 34, 92
-
----------------------------------------------------------------------------
--- byte classes
-
-local C_TOKEN, C_VALUE, C_TARGET, C_QTEXT, C_WS, C_SEP = 1, 2, 4, 8, 16, 32
-local cls = ffi.new("uint8_t[256]")
-do
-  local tchar = "!#$%&'*+-.^_`|~"
-  for c = 0, 255 do
-    local v = 0
-    if (c >= 48 and c <= 57) or (c >= 65 and c <= 90) or (c >= 97 and c <= 122)
-       or tchar:find(string.char(c), 1, true) then
-      v = v + C_TOKEN
-    end
-    -- field-content: VCHAR, obs-text, SP, HT
-    if c == HT or (c >= 0x20 and c ~= 0x7f) then v = v + C_VALUE end
-    -- request-target: VCHAR, obs-text
-    if c > 0x20 and c ~= 0x7f then v = v + C_TARGET end
-    -- qdtext: HT, SP, 0x21, 0x23-0x5b, 0x5d-0x7e, obs-text
-    if c == HT or (c >= 0x20 and c ~= 0x7f and c ~= DQUOTE and c ~= BSLASH) then
-      v = v + C_QTEXT
-    end
-    if c == SP or c == HT then v = v + C_WS + C_SEP end
-    if c == COMMA then v = v + C_SEP end
-    cls[c] = v
-  end
-end
+M.MAX_CHUNK_LINE = chunked.MAX_CHUNK_LINE
+M.MAX_TRAILER_BYTES = chunked.MAX_TRAILER_BYTES
 
 ---------------------------------------------------------------------------
 -- helpers (no allocation)
@@ -288,6 +260,9 @@ function M.new_request(max_headers)
     expect_continue = false,
     host = false,
     host_index = 0,
+    -- set by parse_fields
+    major = 1, te = false, te_last_chunked = false, te_chunked = 0,
+    te_other = false, conn_close = false, conn_ka = false, expect = false,
   }, R)
   -- (not a tail call: the JIT cannot return from setmetatable to a lower frame)
   return req
@@ -363,74 +338,10 @@ end
 
 local VERSION = "HTTP/D.D"
 
-local function parse_request(s, req, max_hdr, off)
-  check(s)
-  local size = s.size
-  off = off or 0
-  max_hdr = max_hdr or M.DEFAULT_MAX_HEADER_BYTES
-  local avail = size - off
-  if avail < 0 then error("parse_request: offset past the end of the bytes", 2) end
-  local lim = off + (avail < max_hdr and avail or max_hdr)
-
-  req.status = 0
-  req.nheaders = 0
-  req.query_len = -1
-  req.content_length = -1
-  req.chunked = false
-  req.keep_alive = false
-  req.expect_continue = false
-  req.host = false
-  req.host_index = 0
-
-  local i = off
-  local c
-
-  -- Empty lines before the request line.  (Loops here and below test
-  -- their condition first: a loop the JIT enters but leaves at once, as a
-  -- `while true ... break` would be, stops the caller's trace.)
-  if i >= lim then return need(req, avail, max_hdr) end
-  c = s.base[i]
-  while c == CR or c == LF do
-    i = after_line_end(s, i, c, lim)
-    if i < 0 then return line_end_failed(req, i, avail, max_hdr) end
-    if i >= lim then return need(req, avail, max_hdr) end
-    c = s.base[i]
-  end
-
-  -- method SP
-  local m0 = i
-  while band(cls[c], C_TOKEN) ~= 0 do
-    i = i + 1
-    if i >= lim then return need(req, avail, max_hdr) end
-    c = s.base[i]
-  end
-  if c ~= SP or i == m0 then return fail(req, 400) end
-  req.method_off, req.method_len = m0, i - m0
-  i = i + 1
-
-  -- request-target SP
-  if i >= lim then return need(req, avail, max_hdr) end
-  c = s.base[i]
-  local t0, q = i, -1
-  while band(cls[c], C_TARGET) ~= 0 do
-    if c == QMARK and q < 0 then q = i end
-    i = i + 1
-    if i >= lim then return need(req, avail, max_hdr) end
-    c = s.base[i]
-  end
-  if c ~= SP or i == t0 then return fail(req, 400) end
-  req.target_off, req.target_len = t0, i - t0
-  req.path_off = t0
-  if q >= 0 then
-    req.path_len = q - t0
-    req.query_off, req.query_len = q + 1, i - q - 1
-  else
-    req.path_len = i - t0
-  end
-  i = i + 1
-
-  -- HTTP-version = "HTTP/" DIGIT "." DIGIT, then the line end.  Fewer
-  -- than 8 bytes: check those there are, then ask for more.
+-- HTTP-version = "HTTP/" DIGIT "." DIGIT at s.base[i].  Returns the index
+-- after it and sets req.major, req.minor; -1 (400) or -2 as the parsers
+-- return.  Fewer than 8 bytes: checks those there are, then asks for more.
+local function parse_version(s, req, i, lim, avail, max_hdr)
   if lim - i < 8 then
     for k = 0, lim - i - 1 do
       local x, want = s.base[i + k], byte(VERSION, k + 1)
@@ -450,14 +361,18 @@ local function parse_request(s, req, max_hdr, off)
   if major < 0 or major > 9 or minor < 0 or minor > 9 then
     return fail(req, 400)
   end
-  i = i + 8
-  if i >= lim then return need(req, avail, max_hdr) end
-  i = after_line_end(s, i, s.base[i], lim)
-  if i < 0 then return line_end_failed(req, i, avail, max_hdr) end
-  if major ~= 1 or minor > 1 then return fail(req, 505) end
-  req.minor = minor
+  req.major, req.minor = major, minor
+  return i + 8
+end
 
-  -- field lines
+-- The field lines from s.base[i] and the empty line that ends the head.
+-- Records the fields in req, and what frames the message: content_length
+-- (-1 if absent), te (any Transfer-Encoding), te_last_chunked, te_chunked
+-- (how many chunked codings), te_other, conn_close, conn_ka, expect (a
+-- 100-continue), host_index (0 if none).  Returns the index after the
+-- empty line, or -1 / -2 as the parsers return.
+local function parse_fields(s, req, i, lim, avail, max_hdr)
+  local c
   local nh, maxh = 0, req.max_headers
   local noff, nlen, voff, vlen =
     req.name_off, req.name_len, req.value_off, req.value_len
@@ -558,296 +473,233 @@ local function parse_request(s, req, max_hdr, off)
   i = after_line_end(s, i, c, lim)
   if i < 0 then return line_end_failed(req, i, avail, max_hdr) end
   req.nheaders = nh
+  req.content_length = cl
+  req.te, req.te_last_chunked, req.te_chunked, req.te_other =
+    te, te_last_chunked, te_chunked, te_other
+  req.conn_close, req.conn_ka, req.expect = conn_close, conn_ka, expect
+  req.host_index = host
+  return i
+end
 
+local function parse_request(s, req, max_hdr, off)
+  check(s)
+  local size = s.size
+  off = off or 0
+  max_hdr = max_hdr or M.DEFAULT_MAX_HEADER_BYTES
+  local avail = size - off
+  if avail < 0 then error("parse_request: offset past the end of the bytes", 2) end
+  local lim = off + (avail < max_hdr and avail or max_hdr)
+
+  req.status = 0
+  req.nheaders = 0
+  req.query_len = -1
+  req.content_length = -1
+  req.chunked = false
+  req.keep_alive = false
+  req.expect_continue = false
+  req.host = false
+  req.host_index = 0
+
+  local i = off
+  local c
+
+  -- Empty lines before the request line.  (Loops here and below test
+  -- their condition first: a loop the JIT enters but leaves at once, as a
+  -- `while true ... break` would be, stops the caller's trace.)
+  if i >= lim then return need(req, avail, max_hdr) end
+  c = s.base[i]
+  while c == CR or c == LF do
+    i = after_line_end(s, i, c, lim)
+    if i < 0 then return line_end_failed(req, i, avail, max_hdr) end
+    if i >= lim then return need(req, avail, max_hdr) end
+    c = s.base[i]
+  end
+
+  -- method SP
+  local m0 = i
+  while band(cls[c], C_TOKEN) ~= 0 do
+    i = i + 1
+    if i >= lim then return need(req, avail, max_hdr) end
+    c = s.base[i]
+  end
+  if c ~= SP or i == m0 then return fail(req, 400) end
+  req.method_off, req.method_len = m0, i - m0
+  i = i + 1
+
+  -- request-target SP
+  if i >= lim then return need(req, avail, max_hdr) end
+  c = s.base[i]
+  local t0, q = i, -1
+  while band(cls[c], C_TARGET) ~= 0 do
+    if c == QMARK and q < 0 then q = i end
+    i = i + 1
+    if i >= lim then return need(req, avail, max_hdr) end
+    c = s.base[i]
+  end
+  if c ~= SP or i == t0 then return fail(req, 400) end
+  req.target_off, req.target_len = t0, i - t0
+  req.path_off = t0
+  if q >= 0 then
+    req.path_len = q - t0
+    req.query_off, req.query_len = q + 1, i - q - 1
+  else
+    req.path_len = i - t0
+  end
+  i = i + 1
+
+  -- HTTP-version, then the line end.
+  i = parse_version(s, req, i, lim, avail, max_hdr)
+  if i < 0 then return i end
+  if i >= lim then return need(req, avail, max_hdr) end
+  i = after_line_end(s, i, s.base[i], lim)
+  if i < 0 then return line_end_failed(req, i, avail, max_hdr) end
+  local minor = req.minor
+  if req.major ~= 1 or minor > 1 then return fail(req, 505) end
+
+  i = parse_fields(s, req, i, lim, avail, max_hdr)
+  if i < 0 then return i end
+  local cl, te, host = req.content_length, req.te, req.host_index
+  local conn_close = req.conn_close
   if te then
     if minor == 0 or cl >= 0 then return fail(req, 400) end
-    if not te_last_chunked or te_chunked > 1 then return fail(req, 400) end
-    if te_other then return fail(req, 501) end
+    if not req.te_last_chunked or req.te_chunked > 1 then return fail(req, 400) end
+    if req.te_other then return fail(req, 501) end
   end
   if minor == 1 and host == 0 then return fail(req, 400) end
 
-  req.content_length = cl
   req.chunked = te
   if minor == 1 then
     req.keep_alive = not conn_close
   else
-    req.keep_alive = conn_ka and not conn_close
+    req.keep_alive = req.conn_ka and not conn_close
   end
-  req.expect_continue = expect and minor == 1
+  req.expect_continue = req.expect and minor == 1
   req.host = host > 0
-  req.host_index = host
   return i - off
 end
 
 M.parse_request = parse_request
 
 ---------------------------------------------------------------------------
--- chunked body decoder
+-- response head parser (the client side: ringline.http.client, the proxy)
 
--- States.  Each names what the next byte may be.  The states below
--- S_SIZE_END take their bytes through LINE_NEXT (further below): the
--- framing around the data, whose common forms also have a shorter path.
---   chunk-size line = 1*HEXDIG *( BWS ";" BWS ext-name
---                     [ BWS "=" BWS ext-val ] ) CRLF
-local S_AFTER_DIGITS = 1 -- after the size's digits: BWS, ';' or CR
-local S_WS_SEMI = 2     -- BWS before ';'
-local S_EXT_PRE = 3     -- after ';': BWS, then an extension name
-local S_EXT_NAME = 4    -- name characters, BWS, '=', ';' or CR
-local S_EXT_NAME_WS = 5 -- BWS after a name: '=' or ';'
-local S_EXT_VAL_PRE = 6 -- after '=': BWS, then a token or a quoted string
-local S_EXT_VAL = 7     -- token characters, BWS, ';' or CR
-local S_EXT_QVAL = 8    -- inside a quoted string
-local S_EXT_QESC = 9    -- after a backslash in a quoted string
-local S_EXT_QEND = 10   -- after the closing quote: BWS, ';' or CR
-local S_SIZE_LF = 11    -- LF ending a chunk-size line
---   trailer-section = *( field-line CRLF ) CRLF
-local S_TRAILER = 12    -- start of a trailer line, or the final CR
-local S_TR_NAME = 13    -- trailer field name, then ':'
-local S_TR_VALUE = 14   -- trailer field value, then CR
-local S_TR_LF = 15      -- LF ending a trailer line
-local S_END_LF = 16     -- LF ending the body
---   chunk data CRLF
-local S_DATA_CR = 17    -- CR after chunk data
-local S_DATA_LF = 18    -- LF after chunk data
-local S_SIZE_END = 19   -- a chunk-size line was read: data or trailers next
-local S_DONE = 20
-local S_DATA = 21       -- chunk data (d.rem bytes left)
-local S_SIZE0 = 22      -- first hex digit of a chunk size
-local S_SIZE = 23       -- more hex digits
-local S_ERROR = 24
+local Res = setmetatable({}, { __index = R })
+Res.__index = Res
 
--- LINE_NEXT[st * 256 + c]: the state after byte c in state st, for the
--- states below S_SIZE_END; NOT_ALLOWED if c may not come there.  Every
--- byte is consumed; the bytes a state goes on over (BWS, token
--- characters, ...) lead back to it.
-local NOT_ALLOWED = 0
-local LINE_NEXT = ffi.new("uint8_t[?]", S_SIZE_END * 256)
-do
-  local function in_class(mask)
-    return function(c) return band(cls[c], mask) ~= 0 end
-  end
-  local ws, token = in_class(C_WS), in_class(C_TOKEN)
-  local value, qtext = in_class(C_VALUE), in_class(C_QTEXT)
-  -- state = { bytes, next state, bytes, next state, ... }, where bytes
-  -- is one byte or a class
-  local rules = {
-    [S_AFTER_DIGITS] = { ws, S_WS_SEMI, SEMI, S_EXT_PRE, CR, S_SIZE_LF },
-    [S_WS_SEMI] = { ws, S_WS_SEMI, SEMI, S_EXT_PRE },
-    [S_EXT_PRE] = { ws, S_EXT_PRE, token, S_EXT_NAME },
-    [S_EXT_NAME] = { token, S_EXT_NAME, ws, S_EXT_NAME_WS,
-      EQUALS, S_EXT_VAL_PRE, SEMI, S_EXT_PRE, CR, S_SIZE_LF },
-    [S_EXT_NAME_WS] = { ws, S_EXT_NAME_WS, EQUALS, S_EXT_VAL_PRE,
-      SEMI, S_EXT_PRE },
-    [S_EXT_VAL_PRE] = { ws, S_EXT_VAL_PRE, DQUOTE, S_EXT_QVAL,
-      token, S_EXT_VAL },
-    [S_EXT_VAL] = { token, S_EXT_VAL, ws, S_WS_SEMI, SEMI, S_EXT_PRE,
-      CR, S_SIZE_LF },
-    [S_EXT_QVAL] = { qtext, S_EXT_QVAL, DQUOTE, S_EXT_QEND,
-      BSLASH, S_EXT_QESC },
-    [S_EXT_QESC] = { value, S_EXT_QVAL },
-    [S_EXT_QEND] = { ws, S_WS_SEMI, SEMI, S_EXT_PRE, CR, S_SIZE_LF },
-    [S_SIZE_LF] = { LF, S_SIZE_END },
-    [S_TRAILER] = { token, S_TR_NAME, CR, S_END_LF },
-    [S_TR_NAME] = { token, S_TR_NAME, COLON, S_TR_VALUE },
-    [S_TR_VALUE] = { value, S_TR_VALUE, CR, S_TR_LF },
-    [S_TR_LF] = { LF, S_TRAILER },
-    [S_END_LF] = { LF, S_DONE },
-    [S_DATA_CR] = { CR, S_DATA_LF },
-    [S_DATA_LF] = { LF, S_SIZE0 },
-  }
-  for st = 1, S_SIZE_END - 1 do
-    local r = assert(rules[st], "no rules for a LINE_NEXT state")
-    for k = 1, #r, 2 do
-      local bytes, nxt = r[k], r[k + 1]
-      for c = 0, 255 do
-        if bytes == c or (type(bytes) == "function" and bytes(c)) then
-          assert(LINE_NEXT[st * 256 + c] == NOT_ALLOWED, "overlapping rules")
-          LINE_NEXT[st * 256 + c] = nxt
-        end
-      end
-    end
-  end
+function M.new_response(max_headers)
+  local res = M.new_request(max_headers)
+  res.code, res.reason_off, res.reason_len = 0, 0, 0
+  res.until_close = false
+  setmetatable(res, Res)
+  return res
 end
 
-local D = {}
-D.__index = D
-
-function M.new_chunked()
-  local d = setmetatable({
-    state = S_SIZE0,
-    size = 0,     -- chunk size read so far
-    rem = 0,      -- data bytes left in the current chunk
-    total = 0,    -- data bytes in the body so far (all calls)
-    line = 0,     -- bytes of the current chunk-size line, or of the
-                  -- trailer section so far
-    status = 0,
-    n = 0,
-    off = zeros(8),
-    len = zeros(8),
-  }, D)
-  -- (not a tail call: the JIT cannot return from setmetatable to a lower frame)
-  return d
+-- The reason phrase as a sub-slice of s (may be empty).
+function Res.reason(res, s)
+  return s:sub(res.reason_off + 1, res.reason_off + res.reason_len)
 end
 
--- Ready for the next body.
-function D.reset(d)
-  d.state, d.size, d.rem, d.total, d.line = S_SIZE0, 0, 0, 0, 0
-  d.status, d.n = 0, 0
+local function bad_gateway(res)
+  res.status = 502
+  return -1
 end
 
--- Data range k of the last call as a slice of s (the slice decoded).
-function D.data(d, s, k)
-  if type(k) ~= "number" or k < 1 or k > d.n or k % 1 ~= 0 then return nil end
-  local o = d.off[k]
-  return s:sub(o + 1, o + d.len[k])
-end
-
-function D.done(d)
-  return d.state == S_DONE
-end
-
--- CR LF at s.base[j], both before e.
-local function crlf_at(s, j, e)
-  return j + 1 < e and s.base[j] == CR and s.base[j + 1] == LF
-end
-
--- The decoder is written as phases in the order they occur in a chunk
--- (data, its CRLF, the size digits, the rest of the size line; after the
--- last chunk the trailers), so that the compiled traces follow stable
--- paths.  The usual chunk (digits, CRLF, data, CRLF) and an empty trailer
--- section take no LINE_NEXT loop: an inner loop entered on every chunk
--- costs the compiled trace an exit each time.  d.state says which phase
--- to resume in.  Every byte of a size line or of the trailer section is
--- read after the same two checks (a byte available, the line or section
--- under its limit), so an error is found at the same byte however the
--- body is split.
-local function decode_chunked(s, off, d, max_body)
+-- status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ] CRLF, then
+-- the fields (RFC 9112 4).  A missing SP before an empty reason is
+-- accepted, as clients do.
+local function parse_response(s, res, max_hdr, off)
   check(s)
-  local e = s.size
   off = off or 0
-  max_body = max_body or MAX_EXACT
-  if off > e then error("decode_chunked: offset past the end of the bytes", 2) end
-  d.n = 0
-  local st = d.state
-  if st == S_DONE then return 1, 0 end
-  if st == S_ERROR then return -1, 0 end
-  local acc, rem, total, line = d.size, d.rem, d.total, d.line
-  local line_max = MAX_CHUNK_LINE
-  if st >= S_TRAILER and st <= S_END_LF then line_max = MAX_TRAILER_BYTES end
-  local doff, dlen, nr = d.off, d.len, 0
-  local j = off
-  local status = 0
-  local c, v
+  max_hdr = max_hdr or M.DEFAULT_MAX_HEADER_BYTES
+  local avail = s.size - off
+  if avail < 0 then error("parse_response: offset past the end of the bytes", 2) end
+  local lim = off + (avail < max_hdr and avail or max_hdr)
+  res.status, res.nheaders, res.code = 0, 0, 0
+  res.content_length, res.chunked, res.until_close = -1, false, false
+  res.keep_alive = false
 
-  while true do
-    if st == S_DATA then
-      v = e - j
-      if rem < v then v = rem end
-      if v > 0 then
-        nr = nr + 1
-        doff[nr], dlen[nr] = j, v
-        j = j + v
-        rem = rem - v
-      end
-      if rem > 0 then goto out end
-      st = S_DATA_CR
-      if crlf_at(s, j, e) then -- usually there, whole
-        j = j + 2
-        st = S_SIZE0
+  local i = parse_version(s, res, off, lim, avail, max_hdr)
+  if i < 0 then
+    if i == -1 then return bad_gateway(res) end
+    return i
+  end
+  if res.major ~= 1 then return bad_gateway(res) end
+  if lim - i < 4 then
+    for k = i, lim - 1 do
+      local x = s.base[k]
+      if (k == i and x ~= SP) or (k > i and (x < 48 or x > 57)) then
+        return bad_gateway(res)
       end
     end
-
-    -- chunk-size.  The first digit is read here, not in the loop below:
-    -- sizes have a few digits, and a loop that runs once or twice per
-    -- chunk would get a trace of its own, cutting the decoder's trace at
-    -- every chunk.  (The CRLF before the size line does not count.)
-    if st == S_SIZE0 then
-      if j >= e then goto out end
-      v = hexv[s.base[j]]
-      if v < 0 then status = 400; goto out end
-      j = j + 1
-      line = 1
-      acc = v
-      if acc > max_body - total then status = 413; goto out end
-      st = S_SIZE
-    end
-    if st == S_SIZE then
-      -- more digits, then the byte after them as LINE_NEXT takes it
-      if j >= e then goto out end
-      if line >= line_max then status = 400; goto out end
-      c = s.base[j]
-      v = hexv[c]
-      while v >= 0 do
-        j = j + 1
-        line = line + 1
-        if acc >= 562949953421312 then status = 400; goto out end -- 2^49
-        acc = acc * 16 + v
-        if acc > max_body - total then status = 413; goto out end
-        if j >= e then goto out end
-        if line >= line_max then status = 400; goto out end
-        c = s.base[j]
-        v = hexv[c]
-      end
-      st = S_AFTER_DIGITS
-      -- Usually CRLF follows: taken here as LINE_NEXT would take it.
-      if line + 1 < line_max and crlf_at(s, j, e) then
-        j = j + 2
-        line = line + 2
-        st = S_SIZE_END
-      end
-    end
-
-    -- A byte at a time through LINE_NEXT.  (st * 256 + c as a shift:
-    -- integer arithmetic, where a product would go through doubles
-    -- between one byte's state and the next.)
-    while st < S_SIZE_END do
-      if j >= e then goto out end
-      if line >= line_max then status = 400; goto out end
-      v = LINE_NEXT[bor(lshift(st, 8), s.base[j])]
-      if v == NOT_ALLOWED then status = 400; goto out end
-      j = j + 1
-      line = line + 1
-      st = v
-    end
-    if st == S_DONE then goto out end
-
-    -- After a size line: the chunk's data, or after the last chunk (size
-    -- 0) the trailer section, whose bytes count from here.
-    if st == S_SIZE_END then
-      line = 0
-      if acc > 0 then
-        rem = acc
-        total = total + acc
-        acc = 0
-        st = S_DATA
-      else
-        line_max = MAX_TRAILER_BYTES
-        st = S_TRAILER
-        -- Usually there are no trailers: the final CRLF, taken here as
-        -- LINE_NEXT would take it.
-        if crlf_at(s, j, e) then
-          j = j + 2
-          line = 2
-          st = S_DONE
-          goto out
-        end
-      end
-    end
+    return need(res, avail, max_hdr)
+  end
+  local d1, d2, d3 = s.base[i + 1] - 48, s.base[i + 2] - 48, s.base[i + 3] - 48
+  if s.base[i] ~= SP or d1 < 1 or d1 > 9 or d2 < 0 or d2 > 9 or d3 < 0 or
+     d3 > 9 then
+    return bad_gateway(res)
+  end
+  res.code = d1 * 100 + d2 * 10 + d3
+  i = i + 4
+  if i >= lim then return need(res, avail, max_hdr) end
+  local c = s.base[i]
+  if c ~= SP and c ~= CR and c ~= LF then return bad_gateway(res) end
+  if c == SP then
+    i = i + 1
+    if i >= lim then return need(res, avail, max_hdr) end
+    c = s.base[i]
+  end
+  local r0 = i
+  while band(cls[c], C_VALUE) ~= 0 do
+    i = i + 1
+    if i >= lim then return need(res, avail, max_hdr) end
+    c = s.base[i]
+  end
+  res.reason_off, res.reason_len = r0, i - r0
+  i = after_line_end(s, i, c, lim)
+  if i < 0 then
+    if i == -1 then return bad_gateway(res) end
+    return need(res, avail, max_hdr)
   end
 
-  ::out::
-  d.n = nr
-  d.size, d.rem, d.total, d.line = acc, rem, total, line
-  if status ~= 0 then
-    d.state, d.status = S_ERROR, status
-    return -1, j - off
+  i = parse_fields(s, res, i, lim, avail, max_hdr)
+  if i < 0 then
+    if res.status ~= 431 then res.status = 502 end
+    return i
   end
-  d.state = st
-  if st == S_DONE then return 1, j - off end
-  return 0, j - off
+  -- RFC 9112 6.3: Transfer-Encoding overrides Content-Length (and the
+  -- connection cannot be trusted after such a message: not kept alive);
+  -- a final coding other than chunked runs to the close.
+  local ka
+  if res.minor == 1 then ka = not res.conn_close
+  else ka = res.conn_ka and not res.conn_close end
+  if res.te then
+    if res.te_last_chunked and res.te_chunked == 1 and not res.te_other then
+      res.chunked = true
+    else
+      res.until_close = true
+    end
+    if res.content_length >= 0 or res.until_close then ka = false end
+    res.content_length = -1
+  elseif res.content_length < 0 then
+    res.until_close = true      -- when there is a body at all
+  end
+  res.keep_alive = ka
+  return i - off
 end
 
-M.decode_chunked = decode_chunked
+M.parse_response = parse_response
+
+-- Whether a body follows the head (RFC 9112 6.3): never for a HEAD
+-- request, 1xx, 204 or 304.
+function M.response_has_body(res, head_request)
+  local code = res.code
+  return not (head_request or code < 200 or code == 204 or code == 304)
+end
+
+
+M.new_chunked, M.decode_chunked = chunked.new, chunked.decode
+local decode_chunked = chunked.decode
+
 
 ---------------------------------------------------------------------------
 
