@@ -433,7 +433,8 @@ end)
 local function pool_of(key)
   local p = pools[key]
   if not p then
-    p = { n = 0, active = 0, limit = nil, waiters = nil }
+    p = { n = 0, active = 0, limit = nil, waiters = nil, keep = 30,
+          purge = nil }
     pools[key] = p
   end
   return p
@@ -540,10 +541,36 @@ function Sock:close()
   return true
 end
 
+-- Idle connections past a pool's pool_size are closed after this grace
+-- (ms), oldest first, if they are still idle then; at most OVERFLOW_MAX
+-- times pool_size are kept meanwhile.  A proxy's responses come back in
+-- bursts (a batch of events returns many connections before the requests
+-- that will take them arrive): closing at once would open as many again
+-- a moment later.  HAProxy purges idle connections over time the same way
+-- (pool-purge-delay).  0: closed at once.
+local POOL_GRACE_MS = 1000
+local OVERFLOW_MAX = 4
+
+function M.set_pool_grace(ms) POOL_GRACE_MS = ms end
+
+local function close_oldest(p)
+  local oldest = table.remove(p, 1)
+  p.n = p.n - 1
+  oldest._pool = nil
+  oldest:close()
+end
+
+local function purge(t)
+  local p = t.pool
+  p.purge = nil
+  while p.n > p.keep do close_oldest(p) end
+end
+
 -- Put the connection in this worker's pool for the next connect to the
 -- same address: idle at most idle_ms (0: the pool's default, 60 s), at
--- most pool_size idle per address (the oldest is closed past it).  A
--- connection with bytes nobody read is closed instead.
+-- most pool_size idle per address (past it, the oldest are closed once
+-- the grace above has passed).  A connection with bytes nobody read is
+-- closed instead.
 function Sock:setkeepalive(idle_ms, pool_size)
   local c, err = usable(self)
   if not c then return nil, err end
@@ -557,16 +584,18 @@ function Sock:setkeepalive(idle_ms, pool_size)
   local key = self.pool_key or "?"
   unbind(self)
   local p = pool_of(key)
-  if p.n >= pool_size then
-    local oldest = table.remove(p, 1)
-    p.n = p.n - 1
-    oldest._pool = nil
-    oldest:close()
+  p.keep = pool_size
+  if p.n >= pool_size and (POOL_GRACE_MS <= 0 or p.n >= pool_size * OVERFLOW_MAX) then
+    close_oldest(p)
   end
   p.n = p.n + 1
   p[p.n] = c
   c._pool = key
   c:set_timeout(idle_ms)
+  if p.n > pool_size and not p.purge then
+    p.purge = timer.after(POOL_GRACE_MS, purge)
+    p.purge.pool = p
+  end
   release_slot(self)
   return true
 end

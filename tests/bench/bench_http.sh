@@ -2,7 +2,10 @@
 # bench_http.sh: pinned HTTP benchmark with wrk: ringline scripts/http.lua
 # against nginx with lua-nginx-module and nginx `return 200`, one request per
 # round trip and 16 pipelined requests per write; and (mode static) a 64 KiB
-# file from /static/, ringline's conn:send_file against nginx's sendfile.
+# file from /static/, ringline's conn:send_file against nginx's sendfile; and
+# (mode proxy) scripts/http_proxy.lua against nginx proxy_pass with an
+# upstream keep-alive pool (keepalive 32), both in front of the same nginx
+# `return 200` upstream on the client's core.
 #
 # Usage: bash tests/bench/bench_http.sh BUILD_DIR
 #   BUILD_DIR holds ringline.
@@ -17,7 +20,8 @@
 #   BENCH_THREADS=1        wrk -t
 #   BENCH_DEPTH=16         requests per write in the pipelined mode
 #   BENCH_SERVERS="ringline nginx-lua nginx-return"
-#   BENCH_MODES="plain pipelined static"   static: GET /static/64k.bin (BENCH_FILE_SIZE bytes)
+#   BENCH_MODES="plain pipelined static proxy"   static: GET /static/64k.bin (BENCH_FILE_SIZE bytes);
+#                          proxy: GET / through a reverse proxy (nginx-lua is not run)
 #   BENCH_FILE_SIZE=65536
 #   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   cores for the server and for wrk; the
 #                          client may be a list (BENCH_THREADS=3 BENCH_CLIENT_CPU=1-3)
@@ -43,7 +47,7 @@ CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
 PORT=${BENCH_PORT_BASE:-17400}
 STRICT=${BENCH_STRICT:-0}
 read -ra SERVERS <<<"${BENCH_SERVERS:-ringline nginx-lua nginx-return}"
-read -ra MODES <<<"${BENCH_MODES:-plain pipelined static}"
+read -ra MODES <<<"${BENCH_MODES:-plain pipelined static proxy}"
 FILE_SIZE=${BENCH_FILE_SIZE:-65536}
 RINGLINE=${RINGLINE:-$BUILD/ringline}
 read -ra RL_EXTRA <<<"${RINGLINE_ARGS:-}"
@@ -59,7 +63,7 @@ is_int "$CONNS" || die "BENCH_CONNECTIONS must be a positive integer, got '$CONN
 is_int "$THREADS" || die "BENCH_THREADS must be a positive integer, got '$THREADS'"
 is_int "$DEPTH" || die "BENCH_DEPTH must be a positive integer, got '$DEPTH'"
 [[ ${#SERVERS[@]} -gt 0 ]] || die "BENCH_SERVERS is empty"
-check_modes static
+check_modes static proxy
 is_int "$FILE_SIZE" || die "BENCH_FILE_SIZE must be a positive integer, got '$FILE_SIZE'"
 
 check_cores "$SERVER_CPU" "$CLIENT_CPU" "server and wrk"
@@ -91,6 +95,10 @@ if [[ $need_lua -eq 1 ]]; then
 fi
 
 label_of() {
+    if [[ $1 == nginx-return && ${2:-} == proxy ]]; then
+        echo "nginx proxy"
+        return
+    fi
     case $1 in
         ringline) echo "ringline" ;;
         nginx-lua) echo "nginx+lua" ;;
@@ -107,6 +115,7 @@ stop_procs() {
     # shellcheck disable=SC2046
     [[ -z $WRK_PID ]] || stop_pids $(proc_tree "$WRK_PID")
     [[ -z $SRV_PID ]] || kill_tree "$SRV_PID"
+    [[ -z ${UP_PID:-} ]] || kill_tree "$UP_PID"
 }
 bench_tmp
 chmod 755 "$TMP"       # nginx workers run as nobody when started by root
@@ -115,12 +124,15 @@ mkdir -p "$STATIC_ROOT"
 head -c "$FILE_SIZE" /dev/urandom >"$STATIC_ROOT/64k.bin"
 chmod -R a+rX "$STATIC_ROOT"
 
+
 # Writes an nginx.conf for server $1 on port $2 into directory $3.
 nginx_conf() {
     local kind=$1 port=$2 dir=$3 content
     mkdir -p "$dir"
     if [[ $kind == nginx-lua ]]; then
         content='content_by_lua_block { ngx.print("hello world\n") }'
+    elif [[ $kind == nginx-proxy ]]; then
+        content='proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";'
     else
         content='return 200 "hello world\n";'
     fi
@@ -143,6 +155,9 @@ nginx_conf() {
         # nginx closes a keep-alive connection after 1000 requests by
         # default; ringline never does.  Same rules for both.
         echo "    keepalive_requests 1000000000;"
+        if [[ $kind == nginx-proxy ]]; then
+            echo "    upstream up { server 127.0.0.1:$UP_PORT; keepalive 32; keepalive_requests 1000000000; }"
+        fi
         echo "    server {"
         echo "        listen 127.0.0.1:$port;"
         # Static files as nginx serves them at its best: sendfile, no copy.
@@ -159,9 +174,22 @@ nginx_conf() {
     } >"$dir/nginx.conf"
 }
 
-# Sets CMD to the command line of server $1 on port $2 (nginx: writes its conf).
+# Sets CMD to the command line of server $1 on port $2 in mode $3 (nginx:
+# writes its conf).
 server_cmd() {
     local dir
+    if [[ ${3:-} == proxy ]]; then
+        case $1 in
+            ringline)
+                CMD=(env RINGLINE_HTTP_PROXY_UPSTREAMS="127.0.0.1:$UP_PORT" "$RINGLINE" --workers 1 \
+                    --listen "tcp://127.0.0.1:$2" "${RL_EXTRA[@]}" scripts/http_proxy.lua) ;;
+            *)
+                dir="$TMP/$1.proxy.$2"
+                nginx_conf nginx-proxy "$2" "$dir"
+                CMD=("$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log") ;;
+        esac
+        return
+    fi
     case $1 in
         ringline)
             CMD=(env RINGLINE_HTTP_ROOT="$STATIC_ROOT" "$RINGLINE" --workers 1 --listen "tcp://127.0.0.1:$2" "${RL_EXTRA[@]}" scripts/http.lua) ;;
@@ -236,14 +264,15 @@ FAILED=0
 run_one() {
     local srv=$1 mode=$2 key="$1|$2" log out rc=0 s0 s1 t0 t1 rps p50 p99 errs non2xx scpu wcpu note=""
     local line batches total b0 b1 j0 j1 k0 k1 core other
+    [[ $mode == proxy && $srv == nginx-lua ]] && return 0
     next_port
-    server_cmd "$srv" "$PORT"
+    server_cmd "$srv" "$PORT" "$mode"
     log="$TMP/$srv.$PORT.log"
     out="$TMP/wrk.$srv.$mode.$PORT"
     taskset -c "$SERVER_CPU" "${CMD[@]}" >"$log" 2>&1 &
     SRV_PID=$!
     if ! wait_ready "$SRV_PID" "$PORT" answers_hello; then
-        warn "$(label_of "$srv") did not start (or did not answer GET / with hello world) on port $PORT: ${CMD[*]}"
+        warn "$(label_of "$srv" "$mode") did not start (or did not answer GET / with hello world) on port $PORT: ${CMD[*]}"
         tail -n 20 "$log" >&2 || true
         [[ $srv == ringline ]] || tail -n 20 "$TMP/$srv.$PORT/error.log" >&2 2>/dev/null || true
         kill_tree "$SRV_PID"
@@ -264,7 +293,7 @@ run_one() {
     read -r b1 j1 k1 < <(core_jiffies "$SERVER_CPU")
     s1=$(tree_ticks "$SRV_PID")
     if ! kill -0 "$SRV_PID" 2>/dev/null; then
-        warn "$(label_of "$srv") died during the run ($mode)"
+        warn "$(label_of "$srv" "$mode") died during the run ($mode)"
         tail -n 20 "$log" >&2 || true
         rc=1
     fi
@@ -291,7 +320,7 @@ run_one() {
         p99=$(to_us "$(awk '$1 == "99%" { print $2; exit }' "$out")")
     fi
     if [[ $rc -ne 0 || -z $rps || ( $mode != pipelined && ( -z $p50 || -z $p99 ) ) ]]; then
-        warn "wrk failed against $(label_of "$srv") ($mode, rc=$rc):"
+        warn "wrk failed against $(label_of "$srv" "$mode") ($mode, rc=$rc):"
         cat "$out" >&2 || true
         FAIL[$key]="FAIL"
         FAILED=1
@@ -309,7 +338,7 @@ run_one() {
         note+="other processes used ${other}% of core $SERVER_CPU; "
     fi
     printf '  %-13s %-9s run: %12s req/s  p50 %9s  p99 %9s  wrk CPU %4s%%  server CPU %4s%%  core %s busy %4s%%%s\n' \
-        "$(label_of "$srv")" "$mode" "$rps" "$(fmt_us "$p50")" "$(fmt_us "$p99")" "${wcpu:--}" "$scpu" \
+        "$(label_of "$srv" "$mode")" "$mode" "$rps" "$(fmt_us "$p50")" "$(fmt_us "$p99")" "${wcpu:--}" "$scpu" \
         "$SERVER_CPU" "$core" "${note:+  (${note%; })}" >&2
     if [[ -z ${RPS[$key]:-} ]] || float_gt "$rps" "${RPS[$key]}"; then
         RPS[$key]=$rps
@@ -322,6 +351,22 @@ run_one() {
         NOTE[$key]=$note
     fi
 }
+
+# The upstream of proxy mode: nginx return 200, one worker on the client's
+# core, for the whole run.
+UP_PORT=""
+UP_PID=""
+if [[ " ${MODES[*]} " == *" proxy "* ]]; then
+    [[ -n $NGINX ]] || NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+    [[ -x $NGINX ]] || die "nginx not found (proxy mode's upstream): $INSTALL_HINT"
+    next_port
+    UP_PORT=$PORT
+    nginx_conf nginx-return "$UP_PORT" "$TMP/upstream"
+    taskset -c "$CLIENT_CPU" "$NGINX" -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" \
+        -e "$TMP/upstream/error.log" >"$TMP/upstream.log" 2>&1 &
+    UP_PID=$!
+    wait_ready "$UP_PID" "$UP_PORT" answers_hello || die "the proxy mode's upstream nginx did not start"
+fi
 
 # -- Header -----------------------------------------------------------------------
 echo "== ringline HTTP benchmark =="
@@ -344,6 +389,10 @@ for s in "${SERVERS[@]}"; do
         nginx-return) printf '  %-13s %s\n' "$(label_of "$s")" "1 worker, return 200 \"hello world\\n\"" ;;
     esac
 done
+if [[ " ${MODES[*]} " == *" proxy "* ]]; then
+    echo "proxy mode:  ringline scripts/http_proxy.lua (RINGLINE_HTTP_PROXY_UPSTREAMS) vs nginx proxy_pass http://up;"
+    echo "             proxy_http_version 1.1; upstream up { keepalive 32; }; upstream: nginx return 200 on core $CLIENT_CPU, port $UP_PORT"
+fi
 [[ $need_nginx -eq 0 ]] || echo "nginx conf:  daemon off; worker_processes 1; access_log off; keepalive_requests 1000000000; (nginx -p DIR -c DIR/nginx.conf -e DIR/error.log)"
 echo
 
@@ -373,21 +422,22 @@ notes=()
 for mode in "${MODES[@]}"; do
     for s in "${SERVERS[@]}"; do
         key="$s|$mode"
+        [[ $mode == proxy && $s == nginx-lua ]] && continue
         if [[ -z ${RPS[$key]:-} ]]; then
             # shellcheck disable=SC2059
-            printf "$fmt" "$(label_of "$s")" "$mode" "${FAIL[$key]:-FAIL}" - - - - - - - - - -
+            printf "$fmt" "$(label_of "$s" "$mode")" "$mode" "${FAIL[$key]:-FAIL}" - - - - - - - - - -
             continue
         fi
         # shellcheck disable=SC2059
-        printf "$fmt" "$(label_of "$s")" "$mode" "${RPS[$key]}" "$(fmt_us "${P50[$key]}")" \
+        printf "$fmt" "$(label_of "$s" "$mode")" "$mode" "${RPS[$key]}" "$(fmt_us "${P50[$key]}")" \
             "$(fmt_us "${P99[$key]}")" "$(ratio "${RPS[$key]}" "${RPS[nginx-lua|$mode]:-}" x)" \
             "$(ratio "${RPS[$key]}" "${RPS[nginx-return|$mode]:-}" x)" "${WCPU[$key]}%" "${SCPU[$key]}%" \
             "${EFF[$key]:--}" "$(ratio "${EFF[$key]:-}" "${EFF[nginx-lua|$mode]:-}" x)" \
             "$(ratio "${EFF[$key]:-}" "${EFF[nginx-return|$mode]:-}" x)" "${CORE[$key]}%"
         if wrk_saturated "$key"; then
-            client_bound+=("$(label_of "$s")/$mode")
+            client_bound+=("$(label_of "$s" "$mode")/$mode")
         fi
-        [[ -z ${NOTE[$key]} ]] || notes+=("$(label_of "$s")/$mode: ${NOTE[$key]%; }")
+        [[ -z ${NOTE[$key]} ]] || notes+=("$(label_of "$s" "$mode")/$mode: ${NOTE[$key]%; }")
     done
 done
 echo
@@ -413,6 +463,23 @@ echo
 echo "targets (ringline >= 1.5x nginx+lua and >= 1.2x nginx return in req/s, with lower p99):"
 for mode in "${MODES[@]}"; do
     r="ringline|$mode"
+    if [[ $mode == proxy ]]; then
+        # One core each; the upstream and wrk share the other: the target
+        # is per proxy CPU-second, with lower p99.
+        o="nginx-return|proxy"
+        if have "$r" && have "$o" && [[ -n ${EFF[$r]} && -n ${EFF[$o]} ]]; then
+            x=$(awk -v a="${EFF[$r]}" -v b="${EFF[$o]}" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+            verdict="met"
+            awk -v x="$x" 'BEGIN { exit !(x >= 1.5) }' || verdict="NOT met"
+            awk -v a="${P99[$r]}" -v b="${P99[$o]}" 'BEGIN { exit !(a < b) }' || verdict="NOT met"
+            [[ $verdict == met ]] || unmet=1
+            printf '  %-9s vs nginx proxy_pass: req/proxy-CPU-second %sx (want >= 1.5), p99 %s vs %s -> %s   (req/s %s)\n' \
+                "$mode" "$x" "$(fmt_us "${P99[$r]}")" "$(fmt_us "${P99[$o]}")" "$verdict" "$(ratio "${RPS[$r]}" "${RPS[$o]}" x)"
+        else
+            printf '  %-9s vs nginx proxy_pass: not measured\n' "$mode"
+        fi
+        continue
+    fi
     if [[ $mode == static ]]; then
         # Both nginx runs serve the file by sendfile: the target is to lead
         # it per server CPU-second (req/s is wrk's limit at 64 KiB).
