@@ -33,6 +33,8 @@ enum rl_event_type {
 	RL_EV_EOF = 6,    /* the peer finished sending (eof events only);
 			   * call rl_rx_eof before reporting it */
 	RL_EV_DRAIN = 7,  /* unsent bytes fell to the low-water mark again */
+	RL_EV_STOP = 8,   /* the worker is stopping (SIGTERM): tasks finish what
+			   * they do on held connections, then close them */
 };
 
 typedef struct rl_event {
@@ -209,6 +211,11 @@ int rl_conn_set_backpressure(rl_worker *w, uint32_t conn, uint32_t gen,
  * connection stays open for sending until the handler closes or shuts it
  * down; off (the default), EOF closes once every answer is sent. */
 int rl_conn_set_eof_event(rl_worker *w, uint32_t conn, uint32_t gen, int on);
+
+/* Held by a coroutine task (cosockets): on SIGTERM the core does not close
+ * it when its sends drain but leaves it to the task, which closes it when
+ * its work is done, until the drain deadline aborts what is left. */
+int rl_conn_set_held(rl_worker *w, uint32_t conn, uint32_t gen, int on);
 
 /* When the connection last received or finished sending bytes
  * (CLOCK_MONOTONIC ms, at the granularity of a loop iteration): what idle

@@ -66,6 +66,9 @@ struct rl_conn {
 	uint8_t eof_pending;    /* EOF event held back until the held bytes
 				 * have been offered */
 	uint8_t nonblock;       /* O_NONBLOCK set, for sendfile (rl_file.c) */
+	uint8_t task_held;      /* a coroutine task is using it: a stop leaves
+				 * it to the task (Lua closes it when done),
+				 * up to the drain deadline */
 	uint8_t resolving;      /* CONNECTING: waiting for its host name's
 				 * addresses (rl_resolve); no fd yet */
 	int32_t rx_bid;         /* buffer of the arrival being offered */

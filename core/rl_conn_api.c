@@ -179,6 +179,20 @@ int rl_conn_set_eof_event(rl_worker *w, uint32_t conn, uint32_t gen, int on)
 	return 0;
 }
 
+int rl_conn_set_held(rl_worker *w, uint32_t conn, uint32_t gen, int on)
+{
+	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
+
+	if (!c)
+		return -ENOTCONN;
+	c->task_held = on != 0;
+	/* Let go while stopping (back to a pool, say): closed as the stop
+	 * closed the others. */
+	if (!on && w->stopping && c->state == RL_CONN_OPEN)
+		return rl_conn_close(w, conn, gen, RL_CLOSE_SHUTDOWN, 0);
+	return 0;
+}
+
 double rl_conn_last_active_ms(rl_worker *w, uint32_t conn, uint32_t gen)
 {
 	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);

@@ -191,12 +191,14 @@ NOINLINE int rl_w_on_connect(struct rl_worker *w, struct io_uring_cqe *cqe,
 		return 0;
 	/* Refused (not timed out or cancelled): a name may have more
 	 * addresses to try. */
-	if (res < 0 && res != -ECANCELED && !c->aborting && !w->stopping &&
+	if (res < 0 && res != -ECANCELED && !c->aborting &&
+	    (!w->stopping || c->task_held) &&
 	    connect_next(w, c, idx, res) == 0)
 		return 0;
 	free(c->connect_arg);
 	c->connect_arg = NULL;
-	if (res < 0 || c->aborting || w->stopping) {
+	/* While stopping, only a task's connect goes on (its work drains). */
+	if (res < 0 || c->aborting || (w->stopping && !c->task_held)) {
 		/* The linked timeout cancels the connect: report it as such. */
 		if (!c->close_reason)
 			c->close_reason = res == -ECANCELED ? -ETIMEDOUT :

@@ -322,6 +322,7 @@ static int emit_drained(struct rl_worker *w, rl_event *ev, int n, int max)
 static NOINLINE void begin_stop(struct rl_worker *w)
 {
 	w->stopping = 1;
+	w->stop_pending = 1;
 	w->deadline_ns = now_ns() + (uint64_t)w->cfg->drain_timeout_ms * 1000000;
 	for (int i = 0; i < w->nls; i++) {
 		if (w->ls[i].armed) {
@@ -346,6 +347,9 @@ static NOINLINE void begin_stop(struct rl_worker *w)
 			rl_w_connect_abandon(w, c, i, RL_CLOSE_SHUTDOWN);
 			continue;
 		}
+		/* A task's: closed by the task when its work is done. */
+		if (c->task_held)
+			continue;
 		c->close_req = 1;
 		if (!c->close_reason)
 			c->close_reason = RL_CLOSE_SHUTDOWN;
@@ -743,6 +747,11 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 		memset(&ev[n], 0, sizeof(ev[n]));
 		ev[n++].type = RL_EV_RELOAD;
 		w->reload_pending = 0;
+	}
+	if (unlikely(w->stop_pending) && n < max) {
+		memset(&ev[n], 0, sizeof(ev[n]));
+		ev[n++].type = RL_EV_STOP;
+		w->stop_pending = 0;
 	}
 	if (unlikely(w->stopping)) {
 		now = now_ns();

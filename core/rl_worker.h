@@ -110,6 +110,7 @@ struct rl_worker {
 				     * to the kernel then, if idle; 0 = none */
 	rl_clock clock;             /* read once per poll, after the wait */
 	int reload_pending;
+	int stop_pending;           /* RL_EV_STOP not yet reported */
 	uint64_t voted_round;       /* last reload round this worker voted in */
 
 	size_t max_unconsumed;

@@ -137,6 +137,11 @@ end
 -- Bytes on_data leaves unconsumed while paused are offered to it again
 -- right after the resume (next loop iteration), without waiting for the
 -- peer to send more; the peer's EOF waits until then.
+-- Held by a task: a SIGTERM leaves it open for the task to finish with.
+function methods.hold(c, on)
+  C.rl_conn_set_held(W, c._idx, c._gen, on and 1 or 0)
+end
+
 function methods.pause(c)
   if c.closed then return nil, "closed" end
   C.rl_conn_pause(W, c._idx, c._gen, 1)

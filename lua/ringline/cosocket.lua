@@ -171,9 +171,17 @@ end
 
 -- Wait for bytes past what the current offer holds (or for a first offer).
 -- true, or nil and the error.
+local function idle(s)
+  local d = s.data
+  return not s.paused and (not d or s.pos >= d.size) and
+    not (s.buf and #s.buf > 0)
+end
+
 local function more(s, task)
   local c, err = usable(s)
   if not c then return nil, err end
+  -- Stopping: a client with nothing sent is not waited for.
+  if M.stopping and s.server and idle(s) then return nil, "closed" end
   s.reading = true
   if s.paused then
     s.paused = false
@@ -397,13 +405,17 @@ end
 local function bind(s, c)
   s.conn = c
   c._sock = s
+  c:hold(true)
   s.closed_reason, s.paused, s.pos, s.data = nil, false, 0, nil
   if s.buf then s.buf:reset() end
 end
 
 local function unbind(s)
   local c = s.conn
-  if c then c._sock = nil end
+  if c then
+    c._sock = nil
+    if not c.closed then c:hold(false) end
+  end
   s.conn = nil
   s.reading = false
   local owner = s.owner
@@ -581,6 +593,10 @@ function Sock:setkeepalive(idle_ms, pool_size)
     self:close()
     return nil, "unread data"
   end
+  if M.stopping then        -- no pool to keep for
+    self:close()
+    return true
+  end
   local key = self.pool_key or "?"
   unbind(self)
   local p = pool_of(key)
@@ -617,12 +633,31 @@ function Sock:getconn() return self.conn end
 
 function M.tcp() return new_sock(nil) end
 
+local servers = setmetatable({}, { __mode = "k" })
+
 -- The socket of an accepted connection (on_connect).
 function M.accepted(c)
   local s = new_sock(nil)
   bind(s, c)
   s.server = true
+  servers[s] = true
   return s
+end
+
+-- SIGTERM (the loop's STOP event): the core leaves the connections tasks
+-- hold to them.  A task waiting for its client's next bytes with none
+-- pending gets "closed" now (its connection then closes); one in the middle
+-- of something finishes it, and its next wait for an idle client ends the
+-- same way.  The drain deadline aborts whatever is left.
+M.stopping = false
+function M.stop()
+  M.stopping = true
+  for s in pairs(servers) do
+    if s.reading and s.task and s.task.waiting and idle(s) then
+      s.reading = false
+      wake(s.task, s.seq, nil, "closed")
+    end
+  end
 end
 
 -- Idle connections in the pool for key (tests, stats).

@@ -22,6 +22,7 @@ local new_slice, release = slice.new, slice.release
 local EV_OPEN, EV_DATA, EV_CLOSE, EV_RELOAD =
   C.RL_EV_OPEN, C.RL_EV_DATA, C.RL_EV_CLOSE, C.RL_EV_RELOAD
 local EV_CONNECT, EV_EOF, EV_DRAIN = C.RL_EV_CONNECT, C.RL_EV_EOF, C.RL_EV_DRAIN
+local EV_STOP = C.RL_EV_STOP
 local MAX_EVENTS = 256
 
 local M = {}
@@ -357,6 +358,12 @@ local function run(w, svc, script)
         elseif t == EV_RELOAD then
           cur = nil
           reload()
+        elseif t == EV_STOP then
+          -- SIGTERM: tasks finish what they are doing; those waiting for
+          -- a client's next request end (cosocket.stop).
+          cur = nil
+          cosocket.stop()
+          release()
         end
       end
     end

@@ -5,6 +5,7 @@ killed (next upstream, then 502), a slow upstream (504), pipelining, routes;
 and curl through it."""
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -301,6 +302,33 @@ def test_http_proxy_slow_upstream_504_and_mid_body(ctx):
     check(got.endswith(b"z" * 400) and b"Content-Length: 1000" in got,
           f"half a body then the close: {bytes(got[:80])!r}")
     lst.close()
+
+
+def test_http_proxy_sigterm_drains_requests_in_flight(ctx):
+    """SIGTERM while a request waits on a slow upstream: the request is
+    answered (Connection: close), an idle keep-alive client is closed at
+    once, and the proxy exits when the last task is done."""
+    a = Upstream("a")
+    srv = start_proxy(ctx, [a])
+    idle = connect(srv.addr)
+    request(idle, "/hello")
+    check(read_response(idle)[0] == 200, "idle client's first request")
+    busy = connect(srv.addr)
+    request(busy, "/slow?ms=1000")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    srv.send_signal(signal.SIGTERM)
+    idle.settimeout(3)
+    check(idle.recv(100) == b"", "the idle keep-alive client is closed")
+    took_idle = time.monotonic() - t0
+    st, h, body, _ = read_response(busy, timeout=5)
+    check(st == 200 and body == b"slow", f"in flight at SIGTERM: {st} {body!r}")
+    check(h.get("connection") == "close", f"answered with Connection: close: {h}")
+    rc = srv.wait(5)
+    took = time.monotonic() - t0
+    check(rc == 0, f"exit status {rc}")
+    check(took_idle < 0.5 and took < 3, f"idle closed after {took_idle:.2f} s, exit after {took:.2f} s")
+    srv.checked = True
 
 
 def test_http_proxy_routes_file(ctx):

@@ -323,7 +323,7 @@ function M.service(cfg)
         local rmode, rlength = response_mode(res, head_req)
         local client_ka = req.keep_alive and rmode ~= CLOSE
         local dechunk = rmode == CHUNKED and req.minor == 0
-        if dechunk then client_ka = false end
+        if dechunk or cosocket.stopping then client_ka = false end
         hdr:response_head(out, rs, res, req, client_ka, rmode, dechunk)
         hp, hn = out:ref()
         us:skip(rn)
