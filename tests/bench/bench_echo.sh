@@ -7,7 +7,8 @@
 #   BENCH_SECONDS=5      measured seconds per run
 #   BENCH_WARMUP=1       warmup seconds per run (not measured)
 #   BENCH_REPEAT=1       runs per server and config; servers alternate, best kept
-#   BENCH_SERVERS="lua builtin epoll"   which servers to run
+#   BENCH_SERVERS="lua coro builtin epoll"   which servers to run (coro: the echo
+#                          as a sequential on_connect task, tests/bench/coro_echo.lua)
 #   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   cores to pin server / load generator
 #   BENCH_PORT_BASE=17300                   first port tried; each run gets a fresh one
 #   RINGLINE=BUILD_DIR/ringline             ringline binary
@@ -27,7 +28,7 @@ REPEAT=${BENCH_REPEAT:-1}
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
 CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
 PORT=${BENCH_PORT_BASE:-17300}
-read -ra SERVERS <<<"${BENCH_SERVERS:-lua builtin epoll}"
+read -ra SERVERS <<<"${BENCH_SERVERS:-lua coro builtin epoll}"
 RINGLINE=${RINGLINE:-$BUILD/ringline}
 read -ra RL_EXTRA <<<"${RINGLINE_ARGS:-}"
 LOAD=$BUILD/bench/echo_load
@@ -66,9 +67,10 @@ command -v taskset >/dev/null || die "taskset not found (util-linux)"
 label_of() {
     case $1 in
         lua) echo "ringline-lua" ;;
+        coro) echo "ringline-coro" ;;
         builtin) echo "ringline-C" ;;
         epoll) echo "epoll_echo" ;;
-        *) die "unknown server '$1' in BENCH_SERVERS (want lua, builtin, epoll)" ;;
+        *) die "unknown server '$1' in BENCH_SERVERS (want lua, coro, builtin, epoll)" ;;
     esac
 }
 
@@ -76,6 +78,7 @@ label_of() {
 server_cmd() {
     case $1 in
         lua) CMD=("$RINGLINE" --workers 1 --listen "tcp://127.0.0.1:$2" "${RL_EXTRA[@]}" scripts/echo.lua) ;;
+        coro) CMD=("$RINGLINE" --workers 1 --listen "tcp://127.0.0.1:$2" "${RL_EXTRA[@]}" tests/bench/coro_echo.lua) ;;
         builtin) CMD=("$RINGLINE" --workers 1 --listen "tcp://127.0.0.1:$2" "${RL_EXTRA[@]}" --builtin echo) ;;
         epoll) CMD=("$EPOLL" "$2") ;;
     esac
@@ -84,7 +87,7 @@ server_cmd() {
 for s in "${SERVERS[@]}"; do
     label_of "$s" >/dev/null
     case $s in
-        lua | builtin) [[ -x $RINGLINE ]] || die "missing $RINGLINE (or set BENCH_SERVERS=epoll)" ;;
+        lua | coro | builtin) [[ -x $RINGLINE ]] || die "missing $RINGLINE (or set BENCH_SERVERS=epoll)" ;;
         epoll) [[ -x $EPOLL ]] || die "missing $EPOLL (build it first)" ;;
     esac
     [[ $s != lua || -f scripts/echo.lua ]] || die "missing $REPO/scripts/echo.lua"
@@ -170,7 +173,7 @@ for s in "${SERVERS[@]}"; do
     printf '  %-13s %s\n' "$(label_of "$s")" "taskset -c $SERVER_CPU ${CMD[*]}"
 done
 for s in "${SERVERS[@]}"; do
-    if [[ $s == lua || $s == builtin ]]; then
+    if [[ $s == lua || $s == coro || $s == builtin ]]; then
         # No buffer options on the command lines means ringline's defaults; show them.
         echo "ringline:  $("$RINGLINE" --version 2>&1 | head -n1 || true)"
         echo "ringline buffer options in effect unless RINGLINE_ARGS overrides (from --help):"
