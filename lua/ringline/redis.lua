@@ -7,6 +7,9 @@
 --   local ok, err = red:connect("127.0.0.1:6379", { pool_size = 32, backlog = 1000 })
 --   red:set("k", "v"); local v = red:get("k")     -- redis.null when missing
 --   red:set_keepalive(10000, 32)
+--   local v = red:get_slice("k")  -- a bulk reply as a slice over the receive
+--                                 -- buffer, no copy, valid until the task's
+--                                 -- next wait (red:command_slice(name, ...))
 --
 -- Replies: a status as its string ("OK"), an integer as a number, a bulk
 -- string as a string (redis.null for a nil one), an array as a table; an
@@ -15,10 +18,13 @@
 -- reply half read cannot be resynchronised).
 local buffer = require "string.buffer"
 local cosocket = require "ringline.cosocket"
+local slice = require "ringline.slice"
 
+local ffi_string = require("ffi").string
 local tonumber, tostring, type, select, setmetatable =
   tonumber, tostring, type, select, setmetatable
 local byte, sub = string.byte, string.sub
+local Slice = slice.type
 
 local M = {}
 M.null = setmetatable({}, { __tostring = function() return "redis.null" end })
@@ -96,6 +102,60 @@ function R.command(self, name, ...)
   if v == nil then sock:close() end
   return v, e
 end
+
+-- A bulk reply read in place: "$n\r\n" and its payload are peeked, the
+-- value is a slice of them (at most --max-unconsumed bytes); any other
+-- reply is read as command() reads it.
+local function read_reply_slice(sock)
+  local s, err = sock:peek(1)
+  if not s then return nil, err end
+  if s.base[0] ~= 36 then return read_reply(sock) end
+  local hl
+  while true do
+    for i = 1, s.size - 1 do
+      if s.base[i] == 10 then hl = i + 1; break end
+    end
+    if hl then break end
+    if s.size > 32 then return nil, "protocol error: bad bulk length" end
+    s, err = sock:peek(s.size + 1)
+    if not s then return nil, err end
+  end
+  if hl < 4 or s.base[hl - 2] ~= 13 then return nil, "protocol error: bad bulk length" end
+  local n = tonumber(ffi_string(s.base + 1, hl - 3))
+  if not n then return nil, "protocol error: bad bulk length" end
+  if n < 0 then
+    sock:skip(hl)
+    return null
+  end
+  if s.size < hl + n + 2 then
+    s, err = sock:peek(hl + n + 2)
+    if not s then return nil, err end
+  end
+  if s.base[hl + n] ~= 13 or s.base[hl + n + 1] ~= 10 then
+    return nil, "protocol error: bulk not ended by CRLF"
+  end
+  sock:skip(hl + n + 2)
+  return Slice(s.base + hl, n, s.bid, s.epoch)
+end
+
+-- As command(), a bulk reply as a slice (see read_reply_slice).
+function R.command_slice(self, name, ...)
+  if self.npipe then return nil, "command_slice in a pipeline" end
+  local out = self.out
+  local n = select("#", ...)
+  out:put("*", n + 1, "\r\n")
+  put_arg(out, name)
+  for i = 1, n do put_arg(out, (select(i, ...))) end
+  local sock = self.sock
+  local ok, err = sock:send_ptr(out:ref())
+  out:reset()
+  if not ok then return nil, err end
+  local v, e = read_reply_slice(sock)
+  if v == nil then sock:close() end
+  return v, e
+end
+
+function R.get_slice(self, key) return R.command_slice(self, "GET", key) end
 
 function R.init_pipeline(self)
   self.out:reset()

@@ -44,6 +44,18 @@ def test_cosocket_redis_1000_tasks_pool_bounded(ctx):
     s.close()
 
 
+def test_cosocket_redis_value_as_slice(ctx):
+    """get_slice: a 200,000-byte value comes back as a slice over the
+    receive buffer, equal to what was set; a missing key is redis.null; the
+    slice raises after the task's next wait."""
+    _, port, _ = test_proxy._start_redis(ctx)
+    srv = _server(ctx, {"RINGLINE_TEST_REDIS": f"127.0.0.1:{port}"})
+    s = connect(srv.addr)
+    got = _ask(s, "gslice 200000")
+    check(got == "gslice 200000 true true true dead", f"answer: {got}")
+    s.close()
+
+
 def test_cosocket_connect_and_read_errors(ctx):
     """A refused connect and a read that times out come back as
     nil, reason (never raised); the handler goes on."""

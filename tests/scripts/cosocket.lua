@@ -13,6 +13,10 @@
 --                         "mc ok" or "mc fail <step> <what came back>"
 --   forget ADDR           a task connects to ADDR and ends without closing
 --                         it: "forgot" (the socket closes with the task)
+--   gslice N              SET a key to N bytes, GET it back as a slice
+--                         (get_slice), a missing key, then the slice
+--                         after that wait: "gslice <len> <same> <null>
+--                         <valid before> valid|dead"
 --   echo ...              answered with the rest of the line
 local ringline = require "ringline"
 local redis = require "ringline.redis"
@@ -151,6 +155,26 @@ return {
         end)
         ringline.thread.wait(t)
         out = "forgot"
+      elseif cmd == "gslice" then
+        local red = redis.new()
+        red:set_timeout(5000)
+        local n = tonumber(rest)
+        local ok, err = red:connect(REDIS)
+        if not ok then
+          out = "err " .. tostring(err)
+        else
+          local val = ("0123456789"):rep(n / 10)
+          red:set("gslice", val)
+          local v = red:get_slice("gslice")
+          local same = v and v:tostring() == val
+          local okv = pcall(function() return v:tostring() end)
+          -- The next command waits for its reply: the slice ends there.
+          local missing = red:get_slice("gslice-missing")
+          local after = pcall(function() return v:tostring() end)
+          red:set_keepalive(1000, 4)
+          out = ("gslice %d %s %s %s %s"):format(v and v.size or -1, tostring(same),
+            tostring(missing == redis.null), tostring(okv), after and "valid" or "dead")
+        end
       elseif cmd == "mc" then
         out = mc_scenario(rest)
       elseif cmd == "sleep" then
