@@ -1,9 +1,9 @@
 -- tests/fuzz/lua_parsers_driver.lua: the Lua side of fuzz_lua_parsers.c.
 --
 -- One fuzz input is a connection's byte stream for one protocol parser:
---   byte 0   parser (bits 0-1: resp, memcache, http request, chunked body)
---            and limits (bit 2: the defaults, or small ones that the
---            input can reach)
+--   byte 0   parser (bits 0-1: resp, memcache, http, chunked body; bit 3
+--            with http: response heads, not requests) and limits (bit 2:
+--            the defaults, or small ones that the input can reach)
 --   byte 1   how the stream arrives: 255 = its first 256 bytes one at a
 --            time, then the rest; else (byte % 16) arrival lengths follow,
 --            one byte each (1 + byte), and the rest is the last arrival
@@ -271,28 +271,19 @@ local HTTP_DEFAULT = { max_header_bytes = 8192, max_headers = 64,
 local HEAD_STATUS = { [400] = true, [431] = true, [501] = true, [505] = true }
 local BODY_STATUS = { [400] = true, [413] = true }
 
-function http.new(small)
-  local o = small and HTTP_SMALL or HTTP_DEFAULT
-  return { o = o, req = P.new_request(o.max_headers), d = P.new_chunked(),
-    body = {}, in_chunked = false, chunk_pos = 0 }
-end
 
-local function http_norm(p, s, off, n, body)
-  local function within(what, o, l)
+local function within_head(off, n)
+  return function(what, o, l)
     if o < off or l < 0 or o + l > off + n then
       fail("http: %s at %d+%d outside the head %d+%d", what, o, l, off, n)
     end
   end
-  within("method", p.method_off, p.method_len)
-  within("target", p.target_off, p.target_len)
-  within("path", p.path_off, p.path_len)
-  if p.query_len >= 0 then within("query", p.query_off, p.query_len) end
+end
+
+local function headers_norm(p, s, out, within)
   if p.nheaders > p.max_headers then
     fail("http: %d headers over max_headers %d", p.nheaders, p.max_headers)
   end
-  local out = { tostring(p:method(s)), tostring(p:target(s)),
-    tostring(p:path(s)), q(p:query(s) and tostring(p:query(s))),
-    "1." .. p.minor }
   for i = 1, p:header_count() do
     within("header name", p.name_off[i], p.name_len[i])
     within("header value", p.value_off[i], p.value_len[i])
@@ -307,11 +298,46 @@ local function http_norm(p, s, off, n, body)
   if p:header_at(s, p:header_count() + 1) ~= nil then
     fail("http: header_at past the count gave a value")
   end
+end
+
+local function http_norm(p, s, off, n, body)
+  local within = within_head(off, n)
+  within("method", p.method_off, p.method_len)
+  within("target", p.target_off, p.target_len)
+  within("path", p.path_off, p.path_len)
+  if p.query_len >= 0 then within("query", p.query_off, p.query_len) end
+  local out = { tostring(p:method(s)), tostring(p:target(s)),
+    tostring(p:path(s)), q(p:query(s) and tostring(p:query(s))),
+    "1." .. p.minor }
+  headers_norm(p, s, out, within)
   out[#out + 1] = fmt("cl=%s chunked=%s ka=%s expect=%s host=%s/%s",
     tostring(p.content_length), tostring(p.chunked), tostring(p.keep_alive),
     tostring(p.expect_continue), tostring(p.host), tostring(p.host_index))
   out[#out + 1] = "body=" .. q(body)
   return concat(out, " ")
+end
+
+local function response_norm(p, s, off, n, body)
+  local within = within_head(off, n)
+  within("reason", p.reason_off, p.reason_len)
+  if p.code < 100 or p.code > 999 then fail("http: status code %s", q(p.code)) end
+  local out = { tostring(p.code), q(tostring(p:reason(s))), "1." .. p.minor }
+  headers_norm(p, s, out, within)
+  out[#out + 1] = fmt("cl=%s chunked=%s close=%s ka=%s", tostring(p.content_length),
+    tostring(p.chunked), tostring(p.until_close), tostring(p.keep_alive))
+  out[#out + 1] = "body=" .. q(body)
+  return concat(out, " ")
+end
+
+local RES_STATUS = { [431] = true, [502] = true }
+
+function http.new(small, response)
+  local o = small and HTTP_SMALL or HTTP_DEFAULT
+  return { o = o, d = P.new_chunked(), body = {}, in_chunked = false, chunk_pos = 0,
+    req = response and P.new_response(o.max_headers) or P.new_request(o.max_headers),
+    parse = response and P.parse_response or P.parse_request,
+    statuses = response and RES_STATUS or HEAD_STATUS,
+    norm = response and response_norm or http_norm }
 end
 
 -- Decode from s.base[pos]; check the counts.  Returns status, used.
@@ -348,14 +374,19 @@ function http.on_data(st, s, msgs)
   local total, off = #s, 0
   while off < total do
     local p = st.req
-    local n = P.parse_request(s, p, o.max_header_bytes, off)
+    local n = st.parse(s, p, o.max_header_bytes, off)
     if n == -2 then break end
     if n == -1 then
-      if not HEAD_STATUS[p.status] then fail("http: status %s", q(p.status)) end
+      if not st.statuses[p.status] then fail("http: status %s", q(p.status)) end
       return total, "error " .. p.status
     end
     if not is_int(n) or n < 1 or off + n > total then
-      fail("http: parse_request at %d of %d returned %s", off, total, q(n))
+      fail("http: parse at %d of %d returned %s", off, total, q(n))
+    end
+    -- A response body that runs to the close: the rest is its body.
+    if p.until_close then
+      msgs[#msgs + 1] = st.norm(p, s, off, n, "(to the close)")
+      return off + n, "to the close"
     end
     local head_end = off + n
     local body, used
@@ -390,7 +421,7 @@ function http.on_data(st, s, msgs)
         used = 0
       end
     end
-    msgs[#msgs + 1] = http_norm(p, s, off, n, body)
+    msgs[#msgs + 1] = st.norm(p, s, off, n, body)
     off = head_end + used
   end
   return off
@@ -435,8 +466,8 @@ local NAMES = { [0] = "resp", "memcache", "http", "chunked" }
 
 -- Feed stream in arrivals (a list of lengths; the rest is one more).
 -- Returns the messages and the verdict.
-local function feed(proto, small, stream, arrivals)
-  local st = proto.new(small)
+local function feed(proto, small, stream, arrivals, response)
+  local st = proto.new(small, response)
   local msgs = {}
   local pending = ""
   local at = 1
@@ -506,11 +537,12 @@ function M.run(input)
   local sel = byte(input, 1) or 0
   local which = sel % 4
   local small = sel % 8 >= 4
-  local proto, name = PROTOS[which], NAMES[which]
+  local response = which == 2 and sel % 16 >= 8
+  local proto, name = PROTOS[which], response and "http response" or NAMES[which]
   local arrivals, pos = arrivals_of(input)
   local stream = input:sub(pos)
-  local wm, wv = feed(proto, small, stream, {})
-  local sm, sv, sextra = feed(proto, small, stream, arrivals)
+  local wm, wv = feed(proto, small, stream, {}, response)
+  local sm, sv, sextra = feed(proto, small, stream, arrivals, response)
   compare(name, wm, wv, sm, sv, sextra, arrivals)
   return #wm
 end
