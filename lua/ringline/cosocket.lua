@@ -62,6 +62,8 @@ M.handlers = H
 
 local function close_reason(reason)
   if reason == "peer" or reason == "local" then return "closed" end
+  -- A connect the core timed out (ETIMEDOUT), as every other timeout.
+  if reason == "Connection timed out" then return "timeout" end
   return reason
 end
 

@@ -90,6 +90,34 @@ def test_cosocket_connect_and_read_errors(ctx):
     s.close()
 
 
+def test_cosocket_connect_to_a_blackhole_times_out(ctx):
+    """A connect that gets no answer (a listener whose accept queue is full
+    drops the SYNs) returns nil, "timeout" after the connect timeout."""
+    srv = _server(ctx)
+    s = connect(srv.addr)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fillers = []
+    for _ in range(4):              # more than the queue holds
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    got = _ask(s, f"connectms 127.0.0.1:{port} 300")
+    took = time.monotonic() - t0
+    check(got == "err timeout", f"blackhole connect: {got}")
+    check(0.25 <= took < 2.5, f"timed out after {took:.2f} s for a 300 ms connect timeout")
+    check(_ask(s, "echo after") == "after", "the task goes on")
+    for f in fillers:
+        f.close()
+    lst.close()
+    s.close()
+
+
 def test_cosocket_slice_dies_at_the_next_wait(ctx):
     """A slice from sock:read() reads the receive buffer in place until the
     task's next wait; used after it, it raises (nothing reads recycled

@@ -4,6 +4,7 @@
 --                         alive) against RINGLINE_TEST_REDIS, POOL
 --                         connections at most; "done N bad B fresh F"
 --   connect ADDR          a connect and one read: "ok" or "err <reason>"
+--   connectms ADDR MS     a connect with an MS connect timeout
 --   read ADDR MS          connect, read a line with an MS read timeout
 --   slice ADDR            read a slice, wait, use it: "err <message>"
 --   first                 thread.wait of a fast and a slow task: "first X"
@@ -118,6 +119,13 @@ return {
         local s = ringline.tcp()
         s:settimeouts(2000, 2000, 2000)
         local ok, err = s:connect(rest)
+        out = ok and "ok" or "err " .. tostring(err)
+        s:close()
+      elseif cmd == "connectms" then
+        local addr, ms = rest:match("^(%S+) (%d+)$")
+        local s = ringline.tcp()
+        s:settimeouts(tonumber(ms), 2000, 2000)
+        local ok, err = s:connect(addr)
         out = ok and "ok" or "err " .. tostring(err)
         s:close()
       elseif cmd == "read" then
