@@ -153,6 +153,20 @@ local function put_merged(out, by_len, s, msg, name, act, mine)
   out:put(mine, "\r\n")
 end
 
+-- The fields of msg that are not hop-by-hop, as they came.
+local function put_kept(out, by_len, s, msg)
+  local b = s.base
+  local listed = connection_listed(s, msg)
+  local noff, nlen, voff, vlen = msg.name_off, msg.name_len, msg.value_off,
+    msg.value_len
+  for h = 1, msg.nheaders do
+    local no, nl = noff[h], nlen[h]
+    if classify(by_len, s, no, nl, listed) == KEEP then
+      put_field(out, b, no, nl, voff[h], vlen[h])
+    end
+  end
+end
+
 -- The head to send upstream for request req parsed in s, into out.
 function H:request_head(out, s, req, ctx)
   local b = s.base
@@ -161,15 +175,7 @@ function H:request_head(out, s, req, ctx)
   out:put(" ")
   out:putcdata(b + req.target_off, req.target_len)
   out:put(" HTTP/1.1\r\n")
-  local listed = connection_listed(s, req)
-  local noff, nlen, voff, vlen = req.name_off, req.name_len, req.value_off,
-    req.value_len
-  for h = 1, req.nheaders do
-    local no, nl = noff[h], nlen[h]
-    if classify(REQ_BY_LEN, s, no, nl, listed) == KEEP then
-      put_field(out, b, no, nl, voff[h], vlen[h])
-    end
-  end
+  put_kept(out, REQ_BY_LEN, s, req)
   if not req.host then out:put("Host: ", ctx.us.pool_key or "upstream", "\r\n") end
   put_merged(out, REQ_BY_LEN, s, req, "X-Forwarded-For", XFF, ctx.ip)
   out:put("X-Forwarded-Proto: ", self.o.proto, "\r\n")
@@ -185,15 +191,7 @@ function H:response_head(out, s, res, req, keep_alive, mode, dechunk)
   out:put("HTTP/1.1 ", res.code, " ")
   out:putcdata(b + res.reason_off, res.reason_len)
   out:put("\r\n")
-  local listed = connection_listed(s, res)
-  local noff, nlen, voff, vlen = res.name_off, res.name_len, res.value_off,
-    res.value_len
-  for h = 1, res.nheaders do
-    local no, nl = noff[h], nlen[h]
-    if classify(RES_BY_LEN, s, no, nl, listed) == KEEP then
-      put_field(out, b, no, nl, voff[h], vlen[h])
-    end
-  end
+  put_kept(out, RES_BY_LEN, s, res)
   put_merged(out, RES_BY_LEN, s, res, "Via", VIA, self.o.via)
   if mode == CHUNKED and not dechunk then out:put("Transfer-Encoding: chunked\r\n") end
   if not keep_alive then
