@@ -135,6 +135,10 @@ class Upstream:
         elif path == "/big":
             n = int(q.get("n", "1000"))
             c.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n".encode())
+            if method == "HEAD":
+                # No body after a HEAD response's head (RFC 9110 9.3.2):
+                # bytes here would be read as the next response.
+                return True
             data = pattern(n)
             for i in range(0, n, 65536):
                 c.sendall(data[i:i + 65536])
