@@ -24,7 +24,10 @@
 #include "rl_options.h"
 #include "rl_reload.h"
 #include "rl_watchdog.h"
+#include "rl_tls.h"
 #include "rl_worker.h"
+
+#include <openssl/opensslv.h>
 
 #define RL_VERSION "0.1.0"
 #define RL_DICT_DEFAULT_MEMORY (64u << 20)
@@ -172,6 +175,32 @@ static int resolve_listen(struct rl_shared *sh, const struct rl_config *cfg,
 			return -1;
 		}
 	}
+	return 0;
+}
+
+/* TLS contexts, when a listener is tls:// (all workers share them). */
+static int load_tls(struct rl_shared *sh, const struct rl_config *cfg)
+{
+	struct rl_tls_server *srv;
+	char err[512];
+	int ntls = 0;
+
+	for (int i = 0; i < sh->naddrs; i++)
+		ntls += sh->addrs[i].tls;
+	if (!ntls) {
+		if (cfg->ntls_cert)
+			fprintf(stderr, "ringline: --tls-cert given but no "
+				"tls:// listener: the certificates are unused\n");
+		return 0;
+	}
+	if (rl_tls_server_load(cfg, &srv, err, sizeof(err))) {
+		fprintf(stderr, "ringline: %s\n", err);
+		return EXIT_USAGE;
+	}
+	rl_tls_server_install(srv);
+	rl_info(-1, "tls: %d listener(s), %d certificate(s), user-space "
+		"records (OpenSSL %s; no kernel TLS here)", ntls,
+		cfg->ntls_cert, OPENSSL_VERSION_STR);
 	return 0;
 }
 
@@ -405,6 +434,8 @@ int main(int argc, char **argv)
 	}
 	if (resolve_listen(&sh, &cfg, script_listen, nscript))
 		return EXIT_USAGE;
+	if ((ret = load_tls(&sh, &cfg)))
+		return ret;
 	sh.cfg = &cfg;
 	sh.nworkers = cfg.workers;
 	rl_reload_init(&sh.reload, cfg.workers);

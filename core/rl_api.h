@@ -68,6 +68,7 @@ enum rl_close_reason {
 	RL_CLOSE_NOMEM = 8,      /* a handler's allocation passed --lua-memory */
 	RL_CLOSE_CLIENT_MEMORY = 9, /* among the largest holders of unsent and
 				     * unconsumed bytes past --max-client-memory */
+	RL_CLOSE_TLS = 10,       /* a TLS error (the text says which) */
 };
 
 /* A zero-copy view of received bytes.  C never builds one; the struct lives
@@ -105,6 +106,11 @@ typedef struct rl_stats {
 				    * connections, copied: the ring ran low */
 	uint64_t file_bytes_direct; /* file bytes sent by sendfile from the
 				     * page cache (not read into a buffer) */
+	uint64_t tls_handshakes;   /* TLS handshakes completed ... */
+	uint64_t tls_resumed;      /* ... of which resumed a session */
+	uint64_t tls_handshake_failures; /* refused or broken (logged at debug) */
+	uint64_t tls_handshake_timeouts; /* not done by --tls-handshake-timeout */
+	uint64_t tls_errors;       /* sessions ended by a TLS error after it */
 	/* Gauges, read when rl_worker_stats is called. */
 	uint64_t conns;            /* open connections on this worker */
 	uint64_t buffers_leased;   /* receive buffers out of the ring */
@@ -239,6 +245,20 @@ int rl_conn_writable(rl_worker *w, uint32_t conn, uint32_t gen);
  * Returns the length or -errno. */
 int rl_conn_peer(rl_worker *w, uint32_t conn, uint32_t gen, char *buf,
 		 size_t len);
+
+/* What rl_conn_tls_info tells about a TLS connection. */
+enum rl_tls_info {
+	RL_TLS_VERSION = 0,  /* "TLSv1.3" */
+	RL_TLS_CIPHER = 1,   /* "TLS_AES_128_GCM_SHA256" */
+	RL_TLS_ALPN = 2,     /* the protocol ALPN chose, "" for none */
+	RL_TLS_SNI = 3,      /* the name the client asked for, "" for none */
+	RL_TLS_RESUMED = 4,  /* "1" when the session was resumed, else "" */
+};
+
+/* Copies the answer into buf (at most len bytes) and returns its length,
+ * or -ENOTCONN when the connection is not TLS (or gone). */
+int rl_conn_tls_info(rl_worker *w, uint32_t conn, uint32_t gen, int what,
+		     char *buf, size_t len);
 
 /* -- Time --------------------------------------------------------------- */
 

@@ -6,15 +6,17 @@
 
 #include "rl_bufring.h"
 
-int rl_bufring_init(struct rl_bufring *r, uint32_t nbufs, uint32_t size)
+int rl_bufring_init(struct rl_bufring *r, uint32_t nbufs, uint32_t size,
+		    uint32_t nplain)
 {
 	memset(r, 0, sizeof(*r));
 	/* The kernel indexes the ring with a mask and ids are 16 bits. */
 	if (nbufs == 0 || nbufs > 32768 || (nbufs & (nbufs - 1)))
 		return -EINVAL;
-	if (size == 0)
+	if (size == 0 || nplain > 65536 - nbufs)
 		return -EINVAL;
 	r->nbufs = nbufs;
+	r->nplain = nplain;
 	r->size = size;
 	r->bgid = -1;
 	r->br_bytes = nbufs * sizeof(struct io_uring_buf);
@@ -30,16 +32,20 @@ int rl_bufring_init(struct rl_bufring *r, uint32_t nbufs, uint32_t size)
 	 * merging with its neighbours, so /proc/PID/smaps shows the ring on
 	 * its own (VmFlags "nr"), and tests and benchmarks can tell what it
 	 * holds from what connections hold. */
-	r->mem = mmap(NULL, (size_t)nbufs * size, PROT_READ | PROT_WRITE,
+	r->mem = mmap(NULL, (size_t)(nbufs + nplain) * size, PROT_READ | PROT_WRITE,
 		      MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
 	if (r->mem == MAP_FAILED) {
 		r->mem = NULL;
 		goto err;
 	}
-	r->leases = calloc(nbufs, sizeof(*r->leases));
+	r->leases = calloc(nbufs + nplain, sizeof(*r->leases));
 	r->stack = malloc(nbufs * sizeof(*r->stack));
-	if (!r->leases || !r->stack)
+	r->plain_free = malloc((nplain ? nplain : 1) * sizeof(*r->plain_free));
+	if (!r->leases || !r->stack || !r->plain_free)
 		goto err;
+	/* Lowest id on top: the same few pages stay hot. */
+	for (uint32_t i = nplain; i > 0; i--)
+		r->plain_free[r->nplain_free++] = (uint16_t)(nbufs + i - 1);
 	r->min_target = nbufs < RL_BUFRING_MIN_POSTED ? nbufs
 						       : RL_BUFRING_MIN_POSTED;
 	r->target = r->min_target;
@@ -81,8 +87,9 @@ void rl_bufring_free(struct rl_bufring *r, struct io_uring *ring)
 	if (r->br)
 		munmap(r->br, r->br_bytes);
 	if (r->mem)
-		munmap(r->mem, (size_t)r->nbufs * r->size);
+		munmap(r->mem, (size_t)(r->nbufs + r->nplain) * r->size);
 	free(r->leases);
+	free(r->plain_free);
 	free(r->stack);
 	memset(r, 0, sizeof(*r));
 }
@@ -98,9 +105,21 @@ int rl_bufring_take(struct rl_bufring *r, uint32_t bid)
 	return 0;
 }
 
+int32_t rl_bufring_take_plain(struct rl_bufring *r)
+{
+	uint32_t bid;
+
+	if (!r->nplain_free)
+		return -1;
+	bid = r->plain_free[--r->nplain_free];
+	r->leases[bid] = 1;
+	r->plain_leased++;
+	return (int32_t)bid;
+}
+
 int rl_bufring_ref(struct rl_bufring *r, uint32_t bid)
 {
-	if (bid >= r->nbufs || r->leases[bid] == 0 || r->leases[bid] == UINT16_MAX)
+	if (bid >= r->nbufs + r->nplain || r->leases[bid] == 0 || r->leases[bid] == UINT16_MAX)
 		return -EINVAL;
 	r->leases[bid]++;
 	return 0;
@@ -116,10 +135,15 @@ static void stage(struct rl_bufring *r, uint32_t bid)
 
 int rl_bufring_unref(struct rl_bufring *r, uint32_t bid)
 {
-	if (bid >= r->nbufs || r->leases[bid] == 0)
+	if (bid >= r->nbufs + r->nplain || r->leases[bid] == 0)
 		return -EINVAL;
 	if (--r->leases[bid])
 		return 0;
+	if (bid >= r->nbufs) {
+		r->plain_leased--;
+		r->plain_free[r->nplain_free++] = (uint16_t)bid;
+		return 1;
+	}
 	r->leased--;
 	/* Just used, so the hottest id there is: straight to the ring if it
 	 * is below target, else on top of the stack. */

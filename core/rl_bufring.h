@@ -5,6 +5,11 @@
  * zero-copy send that references it adds a lease.  When the last lease ends
  * the id is staged for the ring, and rl_bufring_publish() makes every staged
  * id visible to the kernel with a single tail store.
+ *
+ * Behind the kernel's ids lie nplain more buffers the kernel never sees:
+ * decrypted TLS bytes are written there (rl_tls_io.c).  They are leased and
+ * referenced like the kernel's, so slices, holds and zero-copy sends treat
+ * both alike; the last lease puts a plain id back on its own free stack.
  */
 #ifndef RL_BUFRING_H
 #define RL_BUFRING_H
@@ -29,11 +34,17 @@ struct rl_bufring {
 	uint32_t taken;                /* ids picked since the last publish */
 	uint32_t peak;                 /* most picked between two publishes */
 	uint32_t window;               /* publishes since the target last moved */
+	uint32_t nplain;               /* plain ids: nbufs .. nbufs+nplain */
+	uint32_t plain_leased;
+	uint16_t *plain_free;          /* free plain ids, hottest on top */
+	uint32_t nplain_free;
 	int bgid;
 	int registered;
 };
 
-int rl_bufring_init(struct rl_bufring *r, uint32_t nbufs, uint32_t size);
+/* nplain: buffers behind the ring for decrypted bytes (may be 0). */
+int rl_bufring_init(struct rl_bufring *r, uint32_t nbufs, uint32_t size,
+		    uint32_t nplain);
 int rl_bufring_register(struct rl_bufring *r, struct io_uring *ring, int bgid);
 void rl_bufring_free(struct rl_bufring *r, struct io_uring *ring);
 
@@ -48,13 +59,15 @@ static inline int32_t rl_bufring_bid_of(const struct rl_bufring *r,
 {
 	const uint8_t *b = p;
 
-	if (b < r->mem || b >= r->mem + (size_t)r->nbufs * r->size)
+	if (b < r->mem || b >= r->mem + (size_t)(r->nbufs + r->nplain) * r->size)
 		return -1;
 	return (int32_t)((size_t)(b - r->mem) / r->size);
 }
 
 /* A completion gave us bid: the handler's lease starts. */
 int rl_bufring_take(struct rl_bufring *r, uint32_t bid);
+/* A plain buffer with its first lease, or -1 when all are out. */
+int32_t rl_bufring_take_plain(struct rl_bufring *r);
 /* Another holder (a queued send) leases bid. */
 int rl_bufring_ref(struct rl_bufring *r, uint32_t bid);
 /* A holder is done; the last one stages bid for the ring. */
@@ -72,6 +85,21 @@ int rl_bufring_starved(struct rl_bufring *r);
 static inline uint32_t rl_bufring_available(const struct rl_bufring *r)
 {
 	return r->nbufs - r->leased;
+}
+
+/* Either pool is down to its last eighth: what is held goes back. */
+static inline int rl_bufring_low(const struct rl_bufring *r)
+{
+	return rl_bufring_available(r) < r->nbufs / 8 ||
+	       (r->nplain && r->nplain_free < r->nplain / 8);
+}
+
+/* bid's pool has buffers to spare for a zero-copy send's lease. */
+static inline int rl_bufring_spare(const struct rl_bufring *r, uint32_t bid)
+{
+	if (bid < r->nbufs)
+		return rl_bufring_available(r) > r->nbufs / 8;
+	return r->nplain_free > r->nplain / 8;
 }
 
 #endif

@@ -16,6 +16,8 @@
 #include "rl_rxhold.h"
 #include "rl_sendq.h"
 
+struct rl_tls_conn;
+
 #define RL_CONN_PAGE_SHIFT 8
 #define RL_CONN_PAGE (1u << RL_CONN_PAGE_SHIFT)
 #define RL_CONN_GEN_MASK 0xffffffu      /* generations fit in 24 bits */
@@ -82,6 +84,7 @@ struct rl_conn {
 	struct rl_rxbuf rx;
 	struct rl_rxhold hold;  /* held ranges of ring buffers, after rx */
 	struct rl_sendq sq;
+	struct rl_tls_conn *tls;  /* a TLS session (rl_tls.h), else NULL */
 };
 
 struct rl_conntab {

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "rl_tls.h"
 #include "rl_worker_int.h"
 
 /* The connection a handler names, unless it is gone or only waiting for
@@ -204,7 +205,9 @@ size_t rl_conn_unsent(rl_worker *w, uint32_t conn, uint32_t gen)
 {
 	struct rl_conn *c = rl_conntab_get(&w->conns, conn, gen);
 
-	return c ? c->sq.bytes : 0;
+	if (!c)
+		return 0;
+	return c->sq.bytes + (c->tls ? c->tls->plain.bytes : 0);
 }
 
 int rl_conn_writable(rl_worker *w, uint32_t conn, uint32_t gen)
@@ -269,6 +272,7 @@ const char *rl_close_reason_text(int reason)
 	case RL_CLOSE_RUNAWAY: return "handler ran past --handler-timeout";
 	case RL_CLOSE_NOMEM: return "handler passed --lua-memory";
 	case RL_CLOSE_CLIENT_MEMORY: return "largest holder past --max-client-memory";
+	case RL_CLOSE_TLS: return "tls error";
 	}
 	return reason < 0 ? strerror(-reason) : "unknown";
 }

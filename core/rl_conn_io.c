@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdint.h>
 
+#include "rl_tls.h"
 #include "rl_worker_int.h"
 
 /* -- Receive offers -------------------------------------------------------- */
@@ -30,8 +31,10 @@ static void offer_done(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		rl_w_schedule_reoffer(w, c, idx);
 	else if (!rx_holding(c) && !c->recv_armed)
 		queue_work(w, c, idx);      /* receive again (want_recv) */
-	if (unlikely(c->wr_blocked || conn_mem(c) != c->mem_counted))
-		queue_work(w, c, idx);      /* and its memory is counted again */
+	if (unlikely(c->wr_blocked || conn_mem(c) != c->mem_counted ||
+		     c->tls))
+		queue_work(w, c, idx);      /* and its memory is counted again;
+					     * TLS: plaintext left (kick) */
 	if (unlikely(c->eof_pending || c->rd_eof)) {
 		/* An EOF event or a close waited for these bytes. */
 		if (c->eof_pending && !c->rx_held)
@@ -223,13 +226,15 @@ int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,
 		return -EPIPE;
 	if (unlikely(!len))
 		return 0;
+	if (unlikely(c->tls))
+		return rl_w_tls_send(w, c, conn, p, len, bid);
 	/* Zero-copy only for a range that really lies in the leased buffer,
 	 * and not for a slow reader or when the ring runs low: a lease held
 	 * by a send that does not complete starves every other connection. */
 	if (bid >= 0 && !c->slow &&
 	    rl_bufring_bid_of(&w->br, p) == bid &&
 	    (const uint8_t *)p + len <= rl_bufring_addr(&w->br, bid) + w->br.size &&
-	    rl_bufring_available(&w->br) > w->br.nbufs / 8)
+	    rl_bufring_spare(&w->br, (uint32_t)bid))
 		ret = rl_sendq_push_ref(&c->sq, &w->br, p, len, bid);
 	else
 		ret = rl_sendq_push_copy(&c->sq, &w->pool, p, len);
@@ -252,6 +257,8 @@ int rl_conn_send_blob(rl_worker *w, uint32_t conn, uint32_t gen, rl_blob *b,
 		return -EPIPE;
 	if (off > b->len || len > b->len - off)
 		return -EINVAL;
+	if (unlikely(c->tls))   /* encrypted from a copy, as TLS sends are */
+		return rl_w_tls_send(w, c, conn, b->data + off, len, -1);
 	if (len <= BLOB_COPY_MAX)
 		ret = rl_sendq_push_copy(&c->sq, &w->pool, b->data + off, len);
 	else

@@ -259,6 +259,13 @@ int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
 				    sizeof(w->connect_err));
 	if (ret < 0)
 		return ret;
+	if (a.tls) {
+		/* Never a plaintext connect for a tls:// address. */
+		snprintf(w->connect_err, sizeof(w->connect_err),
+			 "outbound tls:// connects are not supported yet: '%s'",
+			 addr);
+		return -EPROTONOSUPPORT;
+	}
 	if (atomic_fetch_add(&w->shared->live_conns, 1) >= w->cfg->max_conns) {
 		atomic_fetch_sub(&w->shared->live_conns, 1);
 		snprintf(w->connect_err, sizeof(w->connect_err),

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "rl_file.h"
+#include "rl_tls.h"
 #include "rl_worker_int.h"
 
 /* -- Opening ------------------------------------------------------------- */
@@ -82,7 +83,9 @@ int rl_conn_send_file(rl_worker *w, uint32_t conn, uint32_t gen, int fd,
 		close(fd);      /* owned from a 0 return, nothing to read */
 		return 0;
 	}
-	ret = rl_sendq_push_file(&c->sq, fd, offset, len);
+	/* TLS: the file is read, encrypted and sent a record at a time. */
+	ret = rl_sendq_push_file(c->tls ? &c->tls->plain : &c->sq, fd, offset,
+				 len);
 	if (ret)
 		return ret;
 	queue_work(w, c, conn);

@@ -109,6 +109,10 @@ static int parse_addr(const char *s, struct rl_addr *a, int numeric,
 				  a, err, len);
 	if (strncmp(s, "tcp://", 6) == 0)
 		s += 6;
+	else if (strncmp(s, "tls://", 6) == 0) {
+		a->tls = 1;
+		s += 6;
+	}
 	return parse_tcp(s, a, numeric, host, hostlen, port, portlen, err,
 			 len);
 }

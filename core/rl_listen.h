@@ -9,6 +9,7 @@ struct rl_addr {
 	struct sockaddr_storage sa;
 	socklen_t len;
 	int is_unix;
+	int tls;            /* tls://host:port */
 	char text[128];     /* as the operator wrote it */
 };
 

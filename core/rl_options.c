@@ -43,6 +43,19 @@ static const char usage[] =
 "                           script's dict_memory, else 64m)\n"
 "      --watch              reload when a .lua file in the script's directory\n"
 "                           (or a subdirectory) changes; SIGHUP also reloads\n"
+"      --tls-cert FILE      certificate chain (PEM) for tls:// listeners;\n"
+"                           repeatable, each with a --tls-key; the client's\n"
+"                           SNI picks by the certificates' names, the first\n"
+"                           is the default\n"
+"      --tls-key FILE       private key (PEM) of the --tls-cert before it\n"
+"      --tls-alpn LIST      protocols offered by ALPN, comma separated\n"
+"                           (e.g. http/1.1)\n"
+"      --tls-ciphers LIST   TLS 1.2 ciphers (OpenSSL syntax)\n"
+"      --tls-ciphersuites LIST  TLS 1.3 cipher suites (OpenSSL syntax)\n"
+"      --tls-groups LIST    key exchange groups (e.g. X25519:P-256)\n"
+"      --tls-min-version V  1.2 (default) or 1.3\n"
+"      --tls-handshake-timeout MS  close a handshake not done by then\n"
+"                           (default 10000)\n"
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
 "\n"
@@ -58,6 +71,7 @@ void rl_options_defaults(struct rl_config *cfg, int online_cpus)
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->workers = online_cpus > 0 ? online_cpus : 1;
 	cfg->buffers = 512;
+	cfg->tls_handshake_timeout_ms = 10000;
 	cfg->buffer_size = 16384;
 	cfg->max_conns = 65536;
 	/* Measured (README, "Hostile clients"): a client that pipelines and
@@ -132,6 +146,8 @@ enum {
 	OPT_HIGH = 256, OPT_LOW, OPT_UNCONSUMED, OPT_DRAIN, OPT_PIN,
 	OPT_LOGLEVEL, OPT_BUILTIN, OPT_CHECK, OPT_WATCH, OPT_DICT,
 	OPT_HANDLER_TIMEOUT, OPT_LUA_MEMORY, OPT_RING, OPT_CLIENT_MEMORY,
+	OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_ALPN, OPT_TLS_CIPHERS,
+	OPT_TLS_SUITES, OPT_TLS_GROUPS, OPT_TLS_MIN, OPT_TLS_HS_TIMEOUT,
 };
 
 static const struct option longopts[] = {
@@ -154,6 +170,14 @@ static const struct option longopts[] = {
 	{ "lua-memory", required_argument, NULL, OPT_LUA_MEMORY },
 	{ "max-client-memory", required_argument, NULL, OPT_CLIENT_MEMORY },
 	{ "ring-entries", required_argument, NULL, OPT_RING },
+	{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
+	{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
+	{ "tls-alpn", required_argument, NULL, OPT_TLS_ALPN },
+	{ "tls-ciphers", required_argument, NULL, OPT_TLS_CIPHERS },
+	{ "tls-ciphersuites", required_argument, NULL, OPT_TLS_SUITES },
+	{ "tls-groups", required_argument, NULL, OPT_TLS_GROUPS },
+	{ "tls-min-version", required_argument, NULL, OPT_TLS_MIN },
+	{ "tls-handshake-timeout", required_argument, NULL, OPT_TLS_HS_TIMEOUT },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -249,6 +273,41 @@ static int set_option(struct rl_config *cfg, int opt, const char *arg,
 				len)))
 			cfg->lua_memory = v;
 		break;
+	case OPT_TLS_CERT:
+	case OPT_TLS_KEY: {
+		int *n = opt == OPT_TLS_CERT ? &cfg->ntls_cert : &cfg->ntls_key;
+
+		if (*n == RL_MAX_TLS_CERTS)
+			return bad(err, len, "too many --%s (at most %s)",
+				   opt == OPT_TLS_CERT ? "tls-cert" : "tls-key",
+				   "16");
+		(opt == OPT_TLS_CERT ? cfg->tls_cert : cfg->tls_key)[(*n)++] = arg;
+		return 0;
+	}
+	case OPT_TLS_ALPN:
+		cfg->tls_alpn = arg;
+		return 0;
+	case OPT_TLS_CIPHERS:
+		cfg->tls_ciphers = arg;
+		return 0;
+	case OPT_TLS_SUITES:
+		cfg->tls_ciphersuites = arg;
+		return 0;
+	case OPT_TLS_GROUPS:
+		cfg->tls_groups = arg;
+		return 0;
+	case OPT_TLS_MIN:
+		if (strcmp(arg, "1.2") && strcmp(arg, "1.3"))
+			return bad(err, len, "invalid value '%s' for "
+				   "--tls-min-version: expected 1.2 or 1.3%s",
+				   arg, "");
+		cfg->tls_min_version = arg;
+		return 0;
+	case OPT_TLS_HS_TIMEOUT:
+		if (!(ret = num("tls-handshake-timeout", arg, 1, 3600000, &v,
+				err, len)))
+			cfg->tls_handshake_timeout_ms = (uint32_t)v;
+		break;
 	case OPT_RING:
 		if (!(ret = num("ring-entries", arg, 8, 32768, &v, err, len)) &&
 		    (v & (v - 1)))
@@ -308,6 +367,9 @@ int rl_options_parse(struct rl_config *cfg, int argc, char **argv,
 		return bad(err, len, "--watch needs a script%s%s", "", "");
 	if (cfg->builtin && cfg->nlisten == 0)
 		return bad(err, len, "--builtin needs --listen%s%s", "", "");
+	if (cfg->ntls_cert != cfg->ntls_key)
+		return bad(err, len, "--tls-cert and --tls-key come in pairs "
+			   "(one key for each certificate)%s%s", "", "");
 	if (cfg->low_water >= cfg->high_water)
 		return bad(err, len, "--low-water must be below --high-water%s%s",
 			   "", "");

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #define RL_MAX_LISTEN 16
+#define RL_MAX_TLS_CERTS 16
 #define RL_CONN_MAX_PROCESS (1u << 20)  /* a worker table holds at most this */
 
 struct rl_config {
@@ -30,6 +31,17 @@ struct rl_config {
 	int watch;                /* --watch: reload when the script changes */
 	size_t dict_memory;       /* shared dictionary limit; 0 = script's/default */
 	const char *builtin;      /* "echo": C handler, no script */
+	/* TLS listeners (rl_tls.h): certificate and key files in pairs, the
+	 * first the default; the rest passed to OpenSSL as given. */
+	const char *tls_cert[RL_MAX_TLS_CERTS];
+	const char *tls_key[RL_MAX_TLS_CERTS];
+	int ntls_cert, ntls_key;
+	const char *tls_alpn;         /* "h2,http/1.1": offered by ALPN */
+	const char *tls_ciphers;      /* TLS 1.2 cipher list */
+	const char *tls_ciphersuites; /* TLS 1.3 suites */
+	const char *tls_groups;       /* key exchange groups */
+	const char *tls_min_version;  /* "1.2" (default) or "1.3" */
+	uint32_t tls_handshake_timeout_ms;
 };
 
 enum rl_options_result {

@@ -30,7 +30,7 @@
 
 static inline int ring_low(const struct rl_worker *w)
 {
-	return rl_bufring_available(&w->br) < w->br.nbufs / 8;
+	return rl_bufring_low(&w->br);
 }
 
 NOINLINE void rl_w_close_unconsumed(struct rl_worker *w, struct rl_conn *c,

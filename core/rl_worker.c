@@ -32,6 +32,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "rl_tls.h"
 #include "rl_worker_int.h"
 
 #define ACCEPT_RETRY_NS (100ull * 1000000)
@@ -136,7 +137,7 @@ static inline int want_recv(const struct rl_conn *c)
 {
 	return c->state == RL_CONN_OPEN && !c->rd_eof && !c->recv_paused &&
 	       !c->user_paused && !c->close_req && !c->aborting &&
-	       !rx_holding(c);
+	       !rx_holding(c) && !(c->tls && c->tls->rx_full);
 }
 
 static void conn_shutdown(struct rl_conn *c)
@@ -162,6 +163,8 @@ static void finalize(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	rl_rxbuf_free(&c->rx);
 	rl_w_hold_clear(w, c);
 	rl_sendq_clear(&c->sq, &w->pool, &w->br);
+	if (c->tls)
+		rl_w_tls_free(w, c);
 	w->client_bytes -= c->mem_counted;
 	c->mem_counted = 0;
 	c->state = RL_CONN_DEAD;
@@ -193,8 +196,9 @@ static void backpressure(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	} else if (c->recv_paused && sq_marked(c) <= w->cfg->low_water) {
 		c->recv_paused = 0;
 	}
-	/* Paused by its handler (a proxy whose other side is backed up). */
-	if (c->user_paused && c->recv_armed) {
+	/* Paused by its handler (a proxy whose other side is backed up), or
+	 * a TLS session's ciphertext backlog is full. */
+	if ((c->user_paused || (c->tls && c->tls->rx_full)) && c->recv_armed) {
 		cancel_recv(w, c, idx);
 		c->recv_once = 1;
 	}
@@ -215,6 +219,8 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 	} else if (c->state == RL_CONN_CONNECTING) {
 		return;         /* sends wait for the connection */
 	} else {
+		if (unlikely(c->tls))
+			rl_w_tls_process(w, c, idx);
 		if (c->sq.bytes && !c->send_inflight)
 			submit_send(w, c, idx);
 		backpressure(w, c, idx);
@@ -233,6 +239,7 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		 * peer's EOF also waits for bytes held while paused to be
 		 * offered again (and for its EOF event, held back meanwhile). */
 		if (c->state == RL_CONN_OPEN &&
+		    (!c->tls || !c->tls->plain.bytes) &&
 		    ((c->rd_eof && !rx_holding(c) && !c->eof_pending &&
 		      (!c->eof_event || c->wr_shut)) ||
 		     c->close_req) &&
@@ -242,6 +249,9 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 		}
 		if (want_recv(c) && !c->recv_armed && !c->parked)
 			arm_recv(w, c, idx);
+		/* Plaintext left while it was paused or blocked. */
+		if (unlikely(c->tls))
+			rl_w_tls_kick(w, c, idx);
 	}
 	conn_mem_update(w, c);
 	if (c->state == RL_CONN_CLOSING && !c->recv_armed && !c->send_inflight)
@@ -250,15 +260,16 @@ static void process_conn(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 
 static void process_work(struct rl_worker *w)
 {
-	uint32_t *work = w->work.p;
-
-	/* process_conn never queues work, so the list is stable here. */
+	/* process_conn seldom queues work (a TLS error found while
+	 * encrypting): the list is read afresh at each step, as it may have
+	 * grown and moved, and what joined it is processed in this pass. */
 	for (uint32_t i = 0; i < w->work.n; i++) {
-		struct rl_conn *c = rl_conntab_at(&w->conns, work[i]);
+		uint32_t idx = ((uint32_t *)w->work.p)[i];
+		struct rl_conn *c = rl_conntab_at(&w->conns, idx);
 
 		c->queued = 0;
 		if (c->state == RL_CONN_OPEN || c->state == RL_CONN_CLOSING)
-			process_conn(w, c, work[i]);
+			process_conn(w, c, idx);
 	}
 	w->work.n = 0;
 }
@@ -425,6 +436,15 @@ static NOINLINE int on_accept(struct rl_worker *w, struct io_uring_cqe *cqe,
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	w->stats.accepted++;
 	arm_recv(w, c, idx);
+	if (l->tls) {
+		/* The handler sees it once the handshake is done. */
+		if (rl_w_tls_accept(w, c, idx, (int)ud_idx(cqe->user_data))) {
+			c->close_reason = -ENOMEM;
+			c->aborting = 1;
+			queue_work(w, c, idx);
+		}
+		return 0;
+	}
 	/* res: which listen address accepted it, for multi-protocol scripts. */
 	fill_event(ev, RL_EV_OPEN, idx, c->gen, (int32_t)ud_idx(cqe->user_data));
 	return 1;
@@ -438,8 +458,8 @@ reject:
 	return 0;
 }
 
-static NOINLINE int recv_ended(struct rl_worker *w, struct rl_conn *c,
-			       uint32_t idx, int res, rl_event *ev)
+NOINLINE int rl_w_recv_ended(struct rl_worker *w, struct rl_conn *c,
+			     uint32_t idx, int res, rl_event *ev)
 {
 	int nev = 0;
 
@@ -490,6 +510,8 @@ static inline int on_recv(struct rl_worker *w, struct io_uring_cqe *cqe,
 		c->recv_once = 0;
 		queue_work(w, c, idx);
 	}
+	if (unlikely(c && c->tls))
+		return rl_w_tls_recv(w, c, idx, bid, res, ev);
 	if (likely(res > 0 && bid >= 0 && c && c->state == RL_CONN_OPEN &&
 		   !c->close_req && !c->aborting)) {
 		w->stats.bytes_in += (uint64_t)res;
@@ -514,7 +536,7 @@ static inline int on_recv(struct rl_worker *w, struct io_uring_cqe *cqe,
 	if (bid >= 0)
 		rl_bufring_unref(&w->br, (uint32_t)bid);
 	if (c && res <= 0)
-		return recv_ended(w, c, idx, res, ev);
+		return rl_w_recv_ended(w, c, idx, res, ev);
 	return 0;
 }
 
@@ -675,6 +697,12 @@ static void wait_completions(struct rl_worker *w, int block, uint64_t now)
 		until = w->wake_at_ns;
 	if (w->resolve_due_ns && w->resolve_due_ns < until)
 		until = w->resolve_due_ns;
+	if (unlikely(w->tls_hs.n)) {
+		uint64_t due = rl_w_tls_due(w);
+
+		if (due && due < until)
+			until = due;
+	}
 	if (unlikely(w->trim_at_ns)) {
 		if (!now)
 			now = now_ns();
@@ -731,8 +759,7 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 		rl_w_client_memory_check(w);
 	/* Buffers held for paused connections go back before the ring runs
 	 * dry: their bytes are copied (rl_pause.c). */
-	if (unlikely(w->holding.n) &&
-	    rl_bufring_available(&w->br) < w->br.nbufs / 8)
+	if (unlikely(w->holding.n) && rl_bufring_low(&w->br))
 		rl_w_unhold_low(w);
 	if (w->parked.n)
 		rearm_parked(w);
@@ -743,6 +770,8 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 		n = emit_drained(w, ev, n, max);
 	if (unlikely(w->again.n))
 		n = rl_w_emit_again(w, ev, n, max);
+	if (unlikely(w->tls_pending.n || w->tls_hs.n))
+		n = rl_w_tls_emit(w, ev, n, max);
 	if (unlikely(w->reload_pending) && n < max) {
 		memset(&ev[n], 0, sizeof(ev[n]));
 		ev[n++].type = RL_EV_RELOAD;
@@ -769,7 +798,8 @@ int rl_worker_poll(rl_worker *w, rl_event *ev, int max)
 		}
 	}
 	wait_completions(w, n == 0 && w->work.n == 0 && w->closed.n == 0 &&
-			 w->drained.n == 0 && w->again.n == 0, now);
+			 w->drained.n == 0 && w->again.n == 0 &&
+			 (w->tls_pending.n == 0 || !w->br.nplain_free), now);
 	clock_read(&w->clock);
 	n = reap(w, ev, n, max);
 	return emit_closed(w, ev, n, max);

@@ -48,6 +48,7 @@ struct rl_listener {
 	int fd;
 	uint8_t armed;
 	uint8_t is_unix;
+	uint8_t tls;                /* tls://: a TLS session per connection */
 	uint64_t retry_at_ns;       /* after an accept error, try again then */
 	uint64_t failing;           /* accept errors in a row, for the log */
 };
@@ -92,6 +93,13 @@ struct rl_worker {
 	uint64_t resolve_due_ns;    /* earliest of their deadlines, 0 = none */
 	struct rl_resolve_inbox *inbox; /* answers to our names */
 	char connect_err[256];      /* why the last rl_conn_connect failed */
+
+	struct rl_vec tls_pending;  /* u64 (gen << 32 | slot): TLS plaintext
+				     * left to read (rl_tls_io.c) */
+	struct rl_vec tls_spare;    /* the list being read, swapped with it */
+	struct rl_vec tls_hs;       /* u64: handshakes, oldest first, for
+				     * their deadline */
+	uint8_t tls_stage[16384];   /* small sends gathered into a record */
 
 	struct rl_send_slot slots[RL_SEND_SLOTS];
 	int nslots;

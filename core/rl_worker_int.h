@@ -247,6 +247,11 @@ RL_W_SHARED NOINLINE void release_held(struct rl_worker *w)
 	w->released.n = 0;
 }
 
+/* A receive ended (res <= 0): EOF, ENOBUFS, an error.  1 when it made an
+ * event (EOF events). */
+NOINLINE int rl_w_recv_ended(struct rl_worker *w, struct rl_conn *c,
+			     uint32_t idx, int res, rl_event *ev);
+
 /* -- Outbound connects (rl_connect.c) ------------------------------------ */
 
 void rl_w_connect_abandon(struct rl_worker *w, struct rl_conn *c,

@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "rl_tls.h"
 #include "rl_worker_int.h"
 
 static void vec_free(struct rl_vec *v)
@@ -50,6 +51,7 @@ static int setup_ring(struct rl_worker *w)
 int rl_worker_setup(struct rl_worker *w)
 {
 	const struct rl_config *cfg = w->cfg;
+	uint32_t nplain = 0;
 	char err[256];
 	int ret;
 
@@ -62,7 +64,12 @@ int rl_worker_setup(struct rl_worker *w)
 			 "io_uring setup failed: %s", strerror(-ret));
 		return ret;
 	}
-	ret = rl_bufring_init(&w->br, cfg->buffers, cfg->buffer_size);
+	/* Plain buffers for decrypted bytes, as many as the ring has, when
+	 * a listener is TLS (virtual until used, as the ring's). */
+	for (int i = 0; i < w->shared->naddrs; i++)
+		if (w->shared->addrs[i].tls)
+			nplain = cfg->buffers;
+	ret = rl_bufring_init(&w->br, cfg->buffers, cfg->buffer_size, nplain);
 	if (!ret)
 		ret = rl_bufring_register(&w->br, &w->ring, RL_BGID);
 	if (ret) {
@@ -114,6 +121,7 @@ int rl_worker_setup(struct rl_worker *w)
 		}
 		w->ls[i].fd = ret;
 		w->ls[i].is_unix = a->is_unix;
+		w->ls[i].tls = (uint8_t)a->tls;
 		w->nls++;
 		arm_accept(w, i);
 		if (w->id == 0)
@@ -148,6 +156,7 @@ void rl_worker_teardown(struct rl_worker *w)
 		rl_rxbuf_free(&c->rx);
 		rl_rxhold_free(&c->hold);   /* the ring's leases go with it */
 		rl_sendq_clear(&c->sq, &w->pool, &w->br);
+		rl_w_tls_free(w, c);
 	}
 	for (int i = 0; i < w->nls; i++)
 		if (w->ls[i].fd >= 0)
@@ -162,6 +171,9 @@ void rl_worker_teardown(struct rl_worker *w)
 	vec_free(&w->released);
 	vec_free(&w->drained);
 	vec_free(&w->again);
+	vec_free(&w->tls_pending);
+	vec_free(&w->tls_hs);
+	vec_free(&w->tls_spare);
 	vec_free(&w->holding);
 	vec_free(&w->resolving);
 	if (w->wake_fd >= 0)

@@ -185,6 +185,23 @@ function methods.writable(c)
   return C.rl_conn_writable(W, c._idx, c._gen) == 1
 end
 
+local TLS_FIELDS = { version = C.RL_TLS_VERSION, cipher = C.RL_TLS_CIPHER,
+  alpn = C.RL_TLS_ALPN, sni = C.RL_TLS_SNI, resumed = C.RL_TLS_RESUMED }
+
+-- conn.tls: {version, cipher, alpn, sni, resumed} of a TLS connection
+-- (alpn and sni nil when none), false for plain TCP; conn.alpn is its alpn.
+local function tls_info(c)
+  if c.closed then return nil end
+  local t = {}
+  for name, what in pairs(TLS_FIELDS) do
+    local n = C.rl_conn_tls_info(W, c._idx, c._gen, what, peer_buf, 128)
+    if n < 0 then return nil end
+    if n > 0 then t[name] = ffi_string(peer_buf, n) end
+  end
+  t.resumed = t.resumed == "1"
+  return t
+end
+
 local mt = {
   __index = function(c, k)
     local m = methods[k]
@@ -195,6 +212,16 @@ local mt = {
       local p = n > 0 and ffi_string(peer_buf, n) or "unknown"
       c.peer = p
       return p
+    end
+    if k == "tls" then
+      -- Asked once per connection; false on a plain one.
+      local t = tls_info(c) or false
+      c.tls = t
+      return t
+    end
+    if k == "alpn" then
+      local t = c.tls
+      return t and t.alpn or nil
     end
   end,
   __tostring = function(c) return "conn " .. c.id end,

@@ -213,7 +213,7 @@ static struct fixture *fixture_new(void)
 	static uint8_t model[MODEL_MAX];
 	struct fixture *f = calloc(1, sizeof(*f));
 
-	if (!f || rl_bufring_init(&f->br, NBUFS, BUFSZ) ||
+	if (!f || rl_bufring_init(&f->br, NBUFS, BUFSZ, 0) ||
 	    rl_chunkpool_init(&f->pool, 4))
 		abort();
 	rl_sendq_init(&f->q);

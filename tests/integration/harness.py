@@ -59,8 +59,9 @@ def free_port():
 
 
 def parse_addr(url):
-    """'tcp://127.0.0.1:5000' or 'unix:/path' -> (family, sockaddr)."""
-    if url.startswith("tcp://"):
+    """'tcp://127.0.0.1:5000', 'tls://127.0.0.1:5000' (a TLS listener: the
+    TCP address) or 'unix:/path' -> (family, sockaddr)."""
+    if url.startswith(("tcp://", "tls://")):
         host, _, port = url[len("tcp://"):].rpartition(":")
         host = host.strip("[]")
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET

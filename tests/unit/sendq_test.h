@@ -17,7 +17,7 @@ static inline int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
 
-	if (!f || rl_bufring_init(&f->br, NBUFS, BUFSZ) ||
+	if (!f || rl_bufring_init(&f->br, NBUFS, BUFSZ, 0) ||
 	    rl_chunkpool_init(&f->pool, 4))
 		return -1;
 	rl_sendq_init(&f->q);

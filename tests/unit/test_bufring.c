@@ -51,13 +51,13 @@ static void test_init_rejects_bad_counts(void **state)
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		memset(&r, 0xa5, sizeof(r));
-		assert_int_equal(rl_bufring_init(&r, bad[i], 4096), -EINVAL);
+		assert_int_equal(rl_bufring_init(&r, bad[i], 4096, 0), -EINVAL);
 		/* Nothing allocated, nothing left pointing anywhere. */
 		assert_null(r.br);
 		assert_null(r.mem);
 		assert_null(r.leases);
 	}
-	assert_int_equal(rl_bufring_init(&r, 8, 0), -EINVAL);
+	assert_int_equal(rl_bufring_init(&r, 8, 0, 0), -EINVAL);
 	assert_null(r.br);
 }
 
@@ -67,7 +67,7 @@ static void test_init_accepts_powers_of_two(void **state)
 	struct rl_bufring r;
 
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
-		assert_int_equal(rl_bufring_init(&r, good[i], 512), 0);
+		assert_int_equal(rl_bufring_init(&r, good[i], 512, 0), 0);
 		assert_int_equal(r.nbufs, good[i]);
 		assert_int_equal(rl_bufring_available(&r), good[i]);
 		/* Only up to RL_BUFRING_MIN_POSTED start in the kernel's ring;
@@ -86,7 +86,7 @@ static void test_init_layout(void **state)
 {
 	struct rl_bufring r;
 
-	assert_int_equal(rl_bufring_init(&r, 8, 64), 0);
+	assert_int_equal(rl_bufring_init(&r, 8, 64, 0), 0);
 	assert_non_null(r.br);
 	assert_non_null(r.mem);
 	assert_non_null(r.leases);
@@ -111,7 +111,7 @@ static void test_take_ref_unref_counting(void **state)
 {
 	struct rl_bufring r;
 
-	assert_int_equal(rl_bufring_init(&r, 8, 128), 0);
+	assert_int_equal(rl_bufring_init(&r, 8, 128, 0), 0);
 
 	assert_int_equal(rl_bufring_take(&r, 3), 0);
 	assert_int_equal(r.leases[3], 1);
@@ -167,7 +167,7 @@ static void test_ref_saturates(void **state)
 {
 	struct rl_bufring r;
 
-	assert_int_equal(rl_bufring_init(&r, 2, 64), 0);
+	assert_int_equal(rl_bufring_init(&r, 2, 64, 0), 0);
 	assert_int_equal(rl_bufring_take(&r, 1), 0);
 	for (uint32_t i = 1; i < UINT16_MAX; i++)
 		assert_int_equal(rl_bufring_ref(&r, 1), 0);
@@ -188,7 +188,7 @@ static void test_publish_is_one_batch(void **state)
 	struct rl_bufring r;
 	uint16_t tail;
 
-	assert_int_equal(rl_bufring_init(&r, 8, 256), 0);
+	assert_int_equal(rl_bufring_init(&r, 8, 256, 0), 0);
 	for (uint32_t bid = 0; bid < 8; bid++)
 		assert_int_equal(rl_bufring_take(&r, bid), 0);
 	assert_int_equal(rl_bufring_available(&r), 0);
@@ -236,7 +236,7 @@ static void test_wraparound(void **state)
 	uint32_t ids[N], expect_tail = N, total = 0;
 
 	rng_state = 777;
-	assert_int_equal(rl_bufring_init(&r, N, 64), 0);
+	assert_int_equal(rl_bufring_init(&r, N, 64, 0), 0);
 	for (uint32_t round = 0; total < 3 * 65536 + 123; round++) {
 		uint32_t k = 1 + rnd() % N;
 		uint16_t tail = tail_of(&r);
@@ -280,7 +280,7 @@ static void test_wraparound_full_cycles(void **state)
 	struct rl_bufring r;
 	uint32_t cycles = 0;
 
-	assert_int_equal(rl_bufring_init(&r, N, 32), 0);
+	assert_int_equal(rl_bufring_init(&r, N, 32, 0), 0);
 	for (uint32_t c = 0; c < 70000 / N + 10; c++) {
 		uint16_t tail = tail_of(&r);
 
@@ -310,7 +310,7 @@ static void test_exhaustion(void **state)
 {
 	struct rl_bufring r;
 
-	assert_int_equal(rl_bufring_init(&r, 16, 64), 0);
+	assert_int_equal(rl_bufring_init(&r, 16, 64, 0), 0);
 	for (uint32_t bid = 0; bid < 16; bid++) {
 		assert_int_equal(rl_bufring_available(&r), 16 - bid);
 		assert_int_equal(rl_bufring_take(&r, bid), 0);
@@ -338,7 +338,7 @@ static void test_bid_of(void **state)
 	struct rl_bufring r;
 	int local;
 
-	assert_int_equal(rl_bufring_init(&r, 4, 1000), 0);
+	assert_int_equal(rl_bufring_init(&r, 4, 1000, 0), 0);
 	assert_int_equal(rl_bufring_bid_of(&r, r.mem), 0);
 	assert_int_equal(rl_bufring_bid_of(&r, r.mem + 999), 0);
 	assert_int_equal(rl_bufring_bid_of(&r, r.mem + 1000), 1);
@@ -366,7 +366,7 @@ static void test_hot_ids_reused_first(void **state)
 	uint16_t tail;
 
 	(void)state;
-	assert_int_equal(rl_bufring_init(&r, 256, 64), 0);
+	assert_int_equal(rl_bufring_init(&r, 256, 64, 0), 0);
 	assert_int_equal(r.target, RL_BUFRING_MIN_POSTED);
 	assert_int_equal(r.posted, 64);
 	assert_int_equal(r.nstack, 192);
@@ -403,7 +403,7 @@ static void test_target_grows_when_starved(void **state)
 	struct rl_bufring r;
 
 	(void)state;
-	assert_int_equal(rl_bufring_init(&r, 256, 64), 0);
+	assert_int_equal(rl_bufring_init(&r, 256, 64, 0), 0);
 	assert_int_equal(rl_bufring_starved(&r), 1);
 	assert_int_equal(r.target, 128);
 	assert_int_equal(rl_bufring_publish(&r), 64);
@@ -417,7 +417,7 @@ static void test_target_grows_when_starved(void **state)
 	assert_int_equal(r.target, 256);
 	/* A small ring never grows: all of it is posted from the start. */
 	rl_bufring_free(&r, NULL);
-	assert_int_equal(rl_bufring_init(&r, 8, 64), 0);
+	assert_int_equal(rl_bufring_init(&r, 8, 64, 0), 0);
 	assert_int_equal(rl_bufring_starved(&r), 0);
 	assert_int_equal(r.target, 8);
 	rl_bufring_free(&r, NULL);
@@ -439,7 +439,7 @@ static void test_target_shrinks_when_idle(void **state)
 	uint16_t head = 0;
 
 	(void)state;
-	assert_int_equal(rl_bufring_init(&r, 1024, 64), 0);
+	assert_int_equal(rl_bufring_init(&r, 1024, 64, 0), 0);
 	rl_bufring_starved(&r);
 	rl_bufring_starved(&r);
 	assert_int_equal(r.target, 256);

@@ -71,7 +71,7 @@ struct sq_fixture {
 static void sq_open(struct sq_fixture *f)
 {
 	memset(f, 0, sizeof(*f));
-	assert_int_equal(rl_bufring_init(&f->br, NBUFS, BUFSZ), 0);
+	assert_int_equal(rl_bufring_init(&f->br, NBUFS, BUFSZ, 0), 0);
 	assert_int_equal(rl_chunkpool_init(&f->pool, 4), 0);
 	rl_sendq_init(&f->q);
 	pattern(f->br.mem, (size_t)NBUFS * BUFSZ, 7);
