@@ -214,6 +214,39 @@ int rl_rx_eof(rl_worker *w, rl_event *ev)
 	return 0;
 }
 
+/* -- Receive ends (EOF, an empty ring, errors) ----------------------------- */
+
+NOINLINE int rl_w_recv_ended(struct rl_worker *w, struct rl_conn *c,
+			     uint32_t idx, int res, rl_event *ev)
+{
+	int nev = 0;
+
+	if (res == 0) {
+		c->rd_eof = 1;
+		if (c->eof_event && c->state == RL_CONN_OPEN && !c->close_req &&
+		    !c->aborting) {
+			fill_event(ev, RL_EV_EOF, idx, c->gen, 0);
+			nev = 1;
+		}
+	} else if (res == -ENOBUFS) {
+		/* The ring is empty.  The bytes wait in the socket; the recv
+		 * is re-armed when buffers come back (at once if ids were
+		 * only waiting off the ring). */
+		rl_bufring_starved(&w->br);
+		if (want_recv(c) && !c->parked &&
+		    vec_push64(&w->parked, (uint64_t)c->gen << 32 | idx) == 0) {
+			c->parked = 1;
+			w->stats.enobufs++;
+		}
+	} else if (res < 0 && res != -ECANCELED) {
+		if (!c->close_reason)
+			c->close_reason = res;
+		c->aborting = 1;
+	}
+	queue_work(w, c, idx);
+	return nev;
+}
+
 /* -- Sends ---------------------------------------------------------------- */
 
 int rl_conn_send(rl_worker *w, uint32_t conn, uint32_t gen, const void *p,

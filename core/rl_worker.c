@@ -7,7 +7,8 @@
  *
  * This file is the loop: submission, connection life, completions and
  * rl_worker_poll().  Beside it: rl_conn_io.c (receive offers, sends),
- * rl_conn_api.c (the other calls handlers make), rl_connect.c (outbound
+ * rl_conn_api.c (the other calls handlers make), rl_tls_io.c (TLS
+ * sessions), rl_connect.c (outbound
  * connects and names), rl_worker_setup.c (setup, teardown, wakes);
  * rl_worker_int.h holds what they share.
  *
@@ -129,16 +130,6 @@ static void submit_send(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
 }
 
 /* -- Connection life ------------------------------------------------------ */
-
-/* Not while bytes held from a pause or a block are still to be offered
- * again: arrivals behind them would only pile up (copied, once the ring
- * runs low) while the handler takes a few requests per drain. */
-static inline int want_recv(const struct rl_conn *c)
-{
-	return c->state == RL_CONN_OPEN && !c->rd_eof && !c->recv_paused &&
-	       !c->user_paused && !c->close_req && !c->aborting &&
-	       !rx_holding(c) && !(c->tls && c->tls->rx_full);
-}
 
 static void conn_shutdown(struct rl_conn *c)
 {
@@ -456,37 +447,6 @@ reject:
 		rl_warn(w->id, "connection limit (%u) reached: %llu rejected",
 			cfg->max_conns, (unsigned long long)w->stats.rejected);
 	return 0;
-}
-
-NOINLINE int rl_w_recv_ended(struct rl_worker *w, struct rl_conn *c,
-			     uint32_t idx, int res, rl_event *ev)
-{
-	int nev = 0;
-
-	if (res == 0) {
-		c->rd_eof = 1;
-		if (c->eof_event && c->state == RL_CONN_OPEN && !c->close_req &&
-		    !c->aborting) {
-			fill_event(ev, RL_EV_EOF, idx, c->gen, 0);
-			nev = 1;
-		}
-	} else if (res == -ENOBUFS) {
-		/* The ring is empty.  The bytes wait in the socket; the recv
-		 * is re-armed when buffers come back (at once if ids were
-		 * only waiting off the ring). */
-		rl_bufring_starved(&w->br);
-		if (want_recv(c) && !c->parked &&
-		    vec_push64(&w->parked, (uint64_t)c->gen << 32 | idx) == 0) {
-			c->parked = 1;
-			w->stats.enobufs++;
-		}
-	} else if (res < 0 && res != -ECANCELED) {
-		if (!c->close_reason)
-			c->close_reason = res;
-		c->aborting = 1;
-	}
-	queue_work(w, c, idx);
-	return nev;
 }
 
 static inline int on_recv(struct rl_worker *w, struct io_uring_cqe *cqe,

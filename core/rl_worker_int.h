@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "rl_log.h"
+#include "rl_tls.h"
 #include "rl_worker.h"
 
 #define likely(x)   __builtin_expect(!!(x), 1)
@@ -176,6 +177,16 @@ static inline int may_send(const struct rl_conn *c)
 static inline int rx_holding(const struct rl_conn *c)
 {
 	return c->rx_held && (c->rx.len || c->hold.n);
+}
+
+/* Not while bytes held from a pause or a block are still to be offered
+ * again: arrivals behind them would only pile up (copied, once the ring
+ * runs low) while the handler takes a few requests per drain. */
+static inline int want_recv(const struct rl_conn *c)
+{
+	return c->state == RL_CONN_OPEN && !c->rd_eof && !c->recv_paused &&
+	       !c->user_paused && !c->close_req && !c->aborting &&
+	       !rx_holding(c) && !(c->tls && c->tls->rx_full);
 }
 
 /* The residue's limit: max_unconsumed, plus what held bytes copied into it

@@ -467,6 +467,52 @@ static void test_target_shrinks_when_idle(void **state)
 	rl_bufring_free(&r, NULL);
 }
 
+/* Plain buffers (decrypted TLS bytes) lie behind the ring: leased, referenced
+ * and found by address like ring buffers; never posted to the kernel. */
+static void test_plain_buffers(void **state)
+{
+	struct rl_bufring r;
+	int32_t a, b;
+
+	assert_int_equal(rl_bufring_init(&r, 8, 64, 2), 0);
+	assert_int_equal(r.nplain_free, 2);
+	a = rl_bufring_take_plain(&r);
+	b = rl_bufring_take_plain(&r);
+	assert_int_equal(a, 8);         /* lowest first */
+	assert_int_equal(b, 9);
+	assert_int_equal(rl_bufring_take_plain(&r), -1);
+	assert_int_equal(rl_bufring_available(&r), 8);  /* the ring's untouched */
+	assert_int_equal(rl_bufring_bid_of(&r, rl_bufring_addr(&r, 9) + 63), 9);
+	assert_int_equal(rl_bufring_bid_of(&r, rl_bufring_addr(&r, 9) + 64), -1);
+	memset(rl_bufring_addr(&r, 9), 0x5a, 64);
+	/* A send's lease keeps it out after the handler's ends. */
+	assert_int_equal(rl_bufring_ref(&r, 9), 0);
+	assert_int_equal(rl_bufring_unref(&r, 9), 0);
+	assert_int_equal(rl_bufring_unref(&r, 9), 1);
+	assert_int_equal(r.nplain_free, 1);
+	assert_int_equal(rl_bufring_unref(&r, 9), -EINVAL);
+	/* Nothing of it went to the kernel's ring. */
+	assert_int_equal(r.staged, 0);
+	assert_int_equal(rl_bufring_take_plain(&r), 9);
+	rl_bufring_unref(&r, 8);
+	rl_bufring_unref(&r, 9);
+	assert_int_equal(r.nplain_free, 2);
+	assert_int_equal(r.plain_leased, 0);
+	rl_bufring_free(&r, NULL);
+
+	/* Down to its last eighth, the plain pool is low (held bytes are
+	 * copied, sends copy instead of leasing), whatever the ring has. */
+	assert_int_equal(rl_bufring_init(&r, 8, 64, 16), 0);
+	for (int i = 0; i < 14; i++)
+		rl_bufring_take_plain(&r);
+	assert_false(rl_bufring_low(&r));
+	assert_false(rl_bufring_spare(&r, 8));
+	assert_true(rl_bufring_spare(&r, 0));
+	rl_bufring_take_plain(&r);
+	assert_true(rl_bufring_low(&r));
+	rl_bufring_free(&r, NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -483,6 +529,7 @@ int main(void)
 		cmocka_unit_test(test_hot_ids_reused_first),
 		cmocka_unit_test(test_target_grows_when_starved),
 		cmocka_unit_test(test_target_shrinks_when_idle),
+		cmocka_unit_test(test_plain_buffers),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
