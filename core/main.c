@@ -204,6 +204,29 @@ static int load_tls(struct rl_shared *sh, const struct rl_config *cfg)
 	return 0;
 }
 
+/* SIGHUP: the certificate and key files again, all or nothing: any that
+ * fails to load leaves the contexts in use serving.  New handshakes get the
+ * new ones; sessions already begun keep theirs. */
+static void reload_tls(struct rl_shared *sh)
+{
+	struct rl_tls_server *srv;
+	char err[512];
+	int ntls = 0;
+
+	for (int i = 0; i < sh->naddrs; i++)
+		ntls += sh->addrs[i].tls;
+	if (!ntls)
+		return;
+	if (rl_tls_server_load(sh->cfg, &srv, err, sizeof(err))) {
+		rl_err(-1, "SIGHUP: certificates not reloaded, the old ones "
+		       "still serve: %s", err);
+		return;
+	}
+	rl_tls_server_install(srv);
+	rl_info(-1, "SIGHUP: tls: %d certificate(s) reloaded",
+		sh->cfg->ntls_cert);
+}
+
 /* Unix listeners were bound by main: close them and remove their files. */
 static void close_unix_listeners(struct rl_shared *sh)
 {
@@ -305,6 +328,7 @@ static void serve_signals(struct rl_shared *sh, struct rl_worker *ws, int n,
 			break;
 		}
 		if (si.ssi_signo == SIGHUP) {
+			reload_tls(sh);
 			if (sh->cfg->builtin)
 				rl_warn(-1, "SIGHUP: --builtin has no script to reload");
 			else

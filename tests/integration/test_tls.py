@@ -26,6 +26,7 @@ import re
 import select
 import selectors
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -33,6 +34,7 @@ import tempfile
 import time
 
 from harness import (ECHO_LUA, REPO, EnvCtx, Server, check, connect, echo_roundtrip, fail, free_port,
+                     wait_for,
                      log_uniform, proc_net_tcp_queues, read_until_closed)
 
 HTTP_LUA = "scripts/http.lua"
@@ -1214,3 +1216,56 @@ def test_tls_conn_tls_fields(ctx):
         s.sendall(b"?\n")
         got = s.recv(4096)
     check(got == b"plain\n", f"plain listener: {got!r}")
+
+
+def _served_ou(addr):
+    """The OU of the certificate a client without SNI gets."""
+    sc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    sc.check_hostname = False
+    sc.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(addr, 5) as raw:
+        with sc.wrap_socket(raw) as s:
+            der = s.getpeercert(binary_form=True)
+    p = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject"],
+                       input=der, capture_output=True, timeout=10)
+    m = re.search(rb"OU\s*=\s*(\w+)", p.stdout)
+    return m.group(1).decode() if m else p.stdout.decode()
+
+
+def test_tls_sighup_reloads_certificates(ctx):
+    """SIGHUP loads the certificate files again, all or nothing: new files
+    serve the next handshakes; a broken one leaves the old ones serving
+    (logged); connections already open go on."""
+    c = certs()
+    d = tempfile.mkdtemp(prefix="rl-tls-reload-")
+    try:
+        cert, key = os.path.join(d, "site.pem"), os.path.join(d, "site.key")
+        shutil.copy(c.a_cert, cert)
+        shutil.copy(c.a_key, key)
+        srv = Server(ctx, script=ECHO_LUA, listen=[f"tls://127.0.0.1:{free_port()}"],
+                     args=["--workers", "2", "--tls-cert", cert, "--tls-key", key])
+        ctx.servers.append(srv)
+        srv.start()
+        addr = srv.addrs[0][1]
+        check(_served_ou(addr) == "certA", "before: cert A")
+        old = client_context().wrap_socket(socket.create_connection(addr, 5),
+                                           server_hostname="localhost")
+        old.sendall(b"x")
+        check(old.recv(10) == b"x", "an open connection echoes")
+        shutil.copy(c.b_cert, cert)
+        shutil.copy(c.b_key, key)
+        srv.proc.send_signal(signal.SIGHUP)
+        check(wait_for(lambda: _served_ou(addr) == "certB", 5), "after SIGHUP: cert B")
+        # A broken file: nothing changes.
+        with open(cert, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
+        srv.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        for _ in range(4):      # either worker
+            check(_served_ou(addr) == "certB", "a bad certificate file: the old one serves")
+        old.sendall(b"y")
+        check(old.recv(10) == b"y", "the connection from before both reloads still echoes")
+        old.close()
+        check(srv.proc.poll() is None, "still running")
+    finally:
+        shutil.rmtree(d, True)
