@@ -5,12 +5,20 @@
 # file from /static/, ringline's conn:send_file against nginx's sendfile; and
 # (mode proxy) scripts/http_proxy.lua against nginx proxy_pass with an
 # upstream keep-alive pool (keepalive 32), both in front of the same nginx
-# `return 200` upstream on the client's core.
+# `return 200` upstream on the client's core; and (mode tls, only when
+# BENCH_MODES names it) HTTPS: ringline scripts/http.lua on a tls:// listener
+# against nginx `listen ... ssl` with the same lua content handler, TLS 1.3,
+# TLS_AES_128_GCM_SHA256 and a throwaway self-signed certificate made with
+# openssl in the run directory; three measurements: tls-ka (keep-alive, GET /,
+# wrk -c BENCH_CONNECTIONS), tls-hs (full handshakes: -H "Connection: close",
+# a new connection and handshake per request) and tls-bulk (GET
+# /static/1m.bin, BENCH_TLS_BULK_SIZE bytes, -c BENCH_TLS_BULK_CONNECTIONS).
 #
 # Usage: bash tests/bench/bench_http.sh BUILD_DIR
 #   BUILD_DIR holds ringline.
 # Needs: wrk, nginx-light, libnginx-mod-http-lua, taskset (util-linux);
 #   apt-get install wrk nginx-light libnginx-mod-http-lua
+#   (tls: openssl, the command line, too; curl is used when there)
 #   (never libluajit-5.1-dev: it conflicts with libnginx-mod-http-lua).
 # Environment (all optional):
 #   BENCH_SECONDS=5        measured seconds per wrk run
@@ -21,8 +29,12 @@
 #   BENCH_DEPTH=16         requests per write in the pipelined mode
 #   BENCH_SERVERS="ringline nginx-lua nginx-return"
 #   BENCH_MODES="plain pipelined static proxy"   static: GET /static/64k.bin (BENCH_FILE_SIZE bytes);
-#                          proxy: GET / through a reverse proxy (nginx-lua is not run)
+#                          proxy: GET / through a reverse proxy (nginx-lua is not run);
+#                          tls: the same as "tls-ka tls-hs tls-bulk" (nginx return is not run;
+#                          not in the default list; each of the three may be named alone)
 #   BENCH_FILE_SIZE=65536
+#   BENCH_TLS_KEY=rsa      the certificate's key: rsa (RSA-2048) or p256 (ECDSA P-256)
+#   BENCH_TLS_BULK_SIZE=1048576   BENCH_TLS_BULK_CONNECTIONS=10   tls-bulk's body and wrk -c
 #   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   cores for the server and for wrk; the
 #                          client may be a list (BENCH_THREADS=3 BENCH_CLIENT_CPU=1-3)
 #   BENCH_PORT_BASE=17400  first port tried; each run gets a fresh free one
@@ -48,7 +60,17 @@ PORT=${BENCH_PORT_BASE:-17400}
 STRICT=${BENCH_STRICT:-0}
 read -ra SERVERS <<<"${BENCH_SERVERS:-ringline nginx-lua nginx-return}"
 read -ra MODES <<<"${BENCH_MODES:-plain pipelined static proxy}"
+# "tls" is shorthand for its three measurements.
+modes=()
+for m in "${MODES[@]}"; do
+    if [[ $m == tls ]]; then modes+=(tls-ka tls-hs tls-bulk); else modes+=("$m"); fi
+done
+MODES=("${modes[@]}")
 FILE_SIZE=${BENCH_FILE_SIZE:-65536}
+TLS_KEY=${BENCH_TLS_KEY:-rsa}
+TLS_BULK_SIZE=${BENCH_TLS_BULK_SIZE:-1048576}
+TLS_BULK_CONNS=${BENCH_TLS_BULK_CONNECTIONS:-10}
+TLS_SUITE=TLS_AES_128_GCM_SHA256
 RINGLINE=${RINGLINE:-$BUILD/ringline}
 read -ra RL_EXTRA <<<"${RINGLINE_ARGS:-}"
 PIPELINE_LUA=$REPO/tests/bench/pipeline.lua
@@ -63,8 +85,27 @@ is_int "$CONNS" || die "BENCH_CONNECTIONS must be a positive integer, got '$CONN
 is_int "$THREADS" || die "BENCH_THREADS must be a positive integer, got '$THREADS'"
 is_int "$DEPTH" || die "BENCH_DEPTH must be a positive integer, got '$DEPTH'"
 [[ ${#SERVERS[@]} -gt 0 ]] || die "BENCH_SERVERS is empty"
-check_modes static proxy
+check_modes static proxy tls tls-ka tls-hs tls-bulk
 is_int "$FILE_SIZE" || die "BENCH_FILE_SIZE must be a positive integer, got '$FILE_SIZE'"
+is_tls() { [[ $1 == tls-* ]]; }
+any_tls=0
+for m in "${MODES[@]}"; do
+    if is_tls "$m"; then any_tls=1; fi
+done
+if [[ $any_tls -eq 1 ]]; then
+    [[ $TLS_KEY == rsa || $TLS_KEY == p256 ]] || die "BENCH_TLS_KEY must be rsa or p256, got '$TLS_KEY'"
+    is_int "$TLS_BULK_SIZE" || die "BENCH_TLS_BULK_SIZE must be a positive integer, got '$TLS_BULK_SIZE'"
+    is_int "$TLS_BULK_CONNS" || die "BENCH_TLS_BULK_CONNECTIONS must be a positive integer, got '$TLS_BULK_CONNS'"
+    command -v openssl >/dev/null || die "openssl (the command line) not found: apt-get install openssl"
+fi
+
+# Runs that are not made: proxy mode has no nginx+lua, the tls modes no
+# nginx return (the lua handler is the comparison).
+skip_run() {
+    [[ $2 == proxy && $1 == nginx-lua ]] && return 0
+    is_tls "$2" && [[ $1 == nginx-return ]] && return 0
+    return 1
+}
 
 check_cores "$SERVER_CPU" "$CLIENT_CPU" "server and wrk"
 command -v taskset >/dev/null || die "taskset not found: apt-get install util-linux"
@@ -122,12 +163,33 @@ chmod 755 "$TMP"       # nginx workers run as nobody when started by root
 STATIC_ROOT=$TMP/root
 mkdir -p "$STATIC_ROOT"
 head -c "$FILE_SIZE" /dev/urandom >"$STATIC_ROOT/64k.bin"
+TLS_CERT=$TMP/tls/cert.pem
+TLS_KEYFILE=$TMP/tls/key.pem
+if [[ " ${MODES[*]} " == *" tls-bulk "* ]]; then
+    head -c "$TLS_BULK_SIZE" /dev/urandom >"$STATIC_ROOT/1m.bin"
+fi
 chmod -R a+rX "$STATIC_ROOT"
+if [[ $any_tls -eq 1 ]]; then
+    # A throwaway self-signed certificate for localhost, made here and gone
+    # with the run directory.
+    mkdir -p "$TMP/tls"
+    if [[ $TLS_KEY == rsa ]]; then
+        keyopt=(-newkey rsa:2048)
+    else
+        keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
+    fi
+    openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TLS_KEYFILE" -out "$TLS_CERT" >"$TMP/tls/openssl.log" 2>&1 ||
+        { cat "$TMP/tls/openssl.log" >&2; die "openssl req could not make the test certificate"; }
+    chmod 644 "$TLS_CERT" "$TLS_KEYFILE"   # nginx reads them as root; throwaway
+fi
 
 
-# Writes an nginx.conf for server $1 on port $2 into directory $3.
+# Writes an nginx.conf for server $1 on port $2 into directory $3; $4 "tls":
+# an ssl listener (TLS 1.3, $TLS_SUITE, the test certificate).
 nginx_conf() {
-    local kind=$1 port=$2 dir=$3 content
+    local kind=$1 port=$2 dir=$3 tls=${4:-} content
     mkdir -p "$dir"
     if [[ $kind == nginx-lua ]]; then
         content='content_by_lua_block { ngx.print("hello world\n") }'
@@ -159,7 +221,18 @@ nginx_conf() {
             echo "    upstream up { server 127.0.0.1:$UP_PORT; keepalive 32; keepalive_requests 1000000000; }"
         fi
         echo "    server {"
-        echo "        listen 127.0.0.1:$port;"
+        if [[ $tls == tls ]]; then
+            echo "        listen 127.0.0.1:$port ssl;"
+            echo "        ssl_certificate $TLS_CERT;"
+            echo "        ssl_certificate_key $TLS_KEYFILE;"
+            echo "        ssl_protocols TLSv1.3;"
+            echo "        ssl_conf_command Ciphersuites $TLS_SUITE;"
+            # ringline sends one TLS 1.3 ticket after a full handshake
+            # (OpenSSL's default is two): the same work for both.
+            echo "        ssl_conf_command NumTickets 1;"
+        else
+            echo "        listen 127.0.0.1:$port;"
+        fi
         # Static files as nginx serves them at its best: sendfile, no copy.
         echo "        location /static/ {"
         echo "            alias $STATIC_ROOT/;"
@@ -186,6 +259,19 @@ server_cmd() {
             *)
                 dir="$TMP/$1.proxy.$2"
                 nginx_conf nginx-proxy "$2" "$dir"
+                CMD=("$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log") ;;
+        esac
+        return
+    fi
+    if is_tls "${3:-}"; then
+        case $1 in
+            ringline)
+                CMD=(env RINGLINE_HTTP_ROOT="$STATIC_ROOT" "$RINGLINE" --workers 1 --listen "tls://127.0.0.1:$2" \
+                    --tls-cert "$TLS_CERT" --tls-key "$TLS_KEYFILE" --tls-ciphersuites "$TLS_SUITE" \
+                    "${RL_EXTRA[@]}" scripts/http.lua) ;;
+            *)
+                dir="$TMP/$1.tls.$2"
+                nginx_conf "$1" "$2" "$dir" tls
                 CMD=("$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log") ;;
         esac
         return
@@ -220,13 +306,46 @@ answers_hello() {
     port_open "$1" && [[ $(fetch_hello "$1") == "hello world" ]]
 }
 
+# The response body of GET / over TLS on port $1 (certificate not checked:
+# it is the throwaway one).
+# shellcheck disable=SC2317  # called through answers_hello_tls
+fetch_hello_tls() {
+    if command -v curl >/dev/null; then
+        curl -sk --max-time 2 "https://127.0.0.1:$1/" 2>/dev/null || true
+    else
+        printf 'GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' |
+            timeout 2 openssl s_client -quiet -connect "127.0.0.1:$1" -servername localhost 2>/dev/null |
+            sed '1,/^\r$/d' || true
+    fi
+}
+
+# shellcheck disable=SC2317  # called by wait_ready
+answers_hello_tls() {
+    port_open "$1" && [[ $(fetch_hello_tls "$1") == "hello world" ]]
+}
+
+# What a TLS handshake with the server on port $1 settles: "TLSv1.3
+# TLS_AES_128_GCM_SHA256 X25519" (version, suite, key exchange).
+tls_params() {
+    local out ver suite grp
+    out=$(openssl s_client -connect "127.0.0.1:$1" -servername localhost </dev/null 2>&1 || true)
+    ver=$(sed -n 's/^New, \([^,]*\), Cipher is \(.*\)$/\1/p' <<<"$out" | head -n1)
+    suite=$(sed -n 's/^New, \([^,]*\), Cipher is \(.*\)$/\2/p' <<<"$out" | head -n1)
+    grp=$(sed -n 's/^\(Server\|Peer\) Temp Key: \([^,]*\).*/\2/p' <<<"$out" | head -n1)
+    echo "${ver:-?} ${suite:-?} ${grp:-?}"
+}
+
 # Runs wrk (mode $1, port $2, seconds $3) into $4; writes "cpu_seconds wall_seconds" to $4.cpu.
 run_wrk() {
-    local mode=$1 port=$2 secs=$3 out=$4 t0 t1 rc=0
-    local args=(-t"$THREADS" -c"$CONNS" -d"${secs}s" --latency)
+    local mode=$1 port=$2 secs=$3 out=$4 t0 t1 rc=0 conns=$CONNS
+    [[ $mode == tls-bulk ]] && conns=$TLS_BULK_CONNS
+    local args=(-t"$THREADS" -c"$conns" -d"${secs}s" --latency)
     local url="http://127.0.0.1:$port/"
     [[ $mode == pipelined ]] && args+=(-s "$PIPELINE_LUA")
     [[ $mode == static ]] && url="http://127.0.0.1:$port/static/64k.bin"
+    is_tls "$mode" && url="https://127.0.0.1:$port/"
+    [[ $mode == tls-hs ]] && args+=(-H "Connection: close")
+    [[ $mode == tls-bulk ]] && url="https://127.0.0.1:$port/static/1m.bin"
     t0=$(now_ns)
     # `times` in the subshell reports the CPU time of its one child, wrk
     # (taskset execs it).
@@ -257,21 +376,22 @@ to_us() {
         else print "" }'
 }
 
-declare -A RPS P50 P99 WCPU SCPU EFF CORE NOTE FAIL
+declare -A RPS P50 P99 WCPU SCPU EFF CORE NOTE FAIL TLSP
 FAILED=0
 
 # One measured run of server $1 in mode $2; keeps the best req/s.
 run_one() {
     local srv=$1 mode=$2 key="$1|$2" log out rc=0 s0 s1 t0 t1 rps p50 p99 errs non2xx scpu wcpu note=""
-    local line batches total b0 b1 j0 j1 k0 k1 core other
-    [[ $mode == proxy && $srv == nginx-lua ]] && return 0
+    local line batches total b0 b1 j0 j1 k0 k1 core other probe=answers_hello tp got
+    skip_run "$srv" "$mode" && return 0
+    is_tls "$mode" && probe=answers_hello_tls
     next_port
     server_cmd "$srv" "$PORT" "$mode"
     log="$TMP/$srv.$PORT.log"
     out="$TMP/wrk.$srv.$mode.$PORT"
     taskset -c "$SERVER_CPU" "${CMD[@]}" >"$log" 2>&1 &
     SRV_PID=$!
-    if ! wait_ready "$SRV_PID" "$PORT" answers_hello; then
+    if ! wait_ready "$SRV_PID" "$PORT" "$probe"; then
         warn "$(label_of "$srv" "$mode") did not start (or did not answer GET / with hello world) on port $PORT: ${CMD[*]}"
         tail -n 20 "$log" >&2 || true
         [[ $srv == ringline ]] || tail -n 20 "$TMP/$srv.$PORT/error.log" >&2 2>/dev/null || true
@@ -280,6 +400,18 @@ run_one() {
         FAIL[$key]="no-start"
         FAILED=1
         return 0
+    fi
+    if is_tls "$mode"; then
+        # Both must settle the same handshake, and serve the whole file.
+        tp=$(tls_params "$PORT")
+        TLSP[$srv]=$tp
+        [[ $tp == "TLSv1.3 $TLS_SUITE "* ]] || note+="negotiated $tp, not TLSv1.3 $TLS_SUITE; "
+        if [[ $mode == tls-bulk ]] && command -v curl >/dev/null; then
+            got=$(curl -sk --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' \
+                "https://127.0.0.1:$PORT/static/1m.bin" 2>/dev/null || true)
+            [[ $got == "200 $TLS_BULK_SIZE" ]] ||
+                note+="GET /static/1m.bin gave '$got', not '200 $TLS_BULK_SIZE'; "
+        fi
     fi
     if float_gt "$WARMUP" 0; then
         run_wrk "$mode" "$PORT" "$(awk -v w="$WARMUP" 'BEGIN { printf "%d", (w < 1 ? 1 : w) }')" \
@@ -393,6 +525,14 @@ if [[ " ${MODES[*]} " == *" proxy "* ]]; then
     echo "proxy mode:  ringline scripts/http_proxy.lua (RINGLINE_HTTP_PROXY_UPSTREAMS) vs nginx proxy_pass http://up;"
     echo "             proxy_http_version 1.1; upstream up { keepalive 32; }; upstream: nginx return 200 on core $CLIENT_CPU, port $UP_PORT"
 fi
+if [[ $any_tls -eq 1 ]]; then
+    echo "tls modes:   ringline --listen tls://127.0.0.1:PORT --tls-cert C --tls-key K --tls-ciphersuites $TLS_SUITE scripts/http.lua"
+    echo "             vs nginx+lua: listen ... ssl; ssl_protocols TLSv1.3; ssl_conf_command Ciphersuites $TLS_SUITE;"
+    echo "             ssl_conf_command NumTickets 1 (ringline's one ticket); the same content_by_lua_block for GET /"
+    echo "             certificate: self-signed CN=localhost, $([[ $TLS_KEY == rsa ]] && echo RSA-2048 || echo "ECDSA P-256"), made by openssl req in the run directory"
+    echo "             tls-ka: GET / keep-alive, wrk -c$CONNS; tls-hs: GET / with -H \"Connection: close\" (a full handshake"
+    echo "             per request: wrk resumes no session), wrk -c$CONNS; tls-bulk: GET /static/1m.bin ($TLS_BULK_SIZE bytes), wrk -c$TLS_BULK_CONNS"
+fi
 [[ $need_nginx -eq 0 ]] || echo "nginx conf:  daemon off; worker_processes 1; access_log off; keepalive_requests 1000000000; (nginx -p DIR -c DIR/nginx.conf -e DIR/error.log)"
 echo
 
@@ -422,7 +562,7 @@ notes=()
 for mode in "${MODES[@]}"; do
     for s in "${SERVERS[@]}"; do
         key="$s|$mode"
-        [[ $mode == proxy && $s == nginx-lua ]] && continue
+        skip_run "$s" "$mode" && continue
         if [[ -z ${RPS[$key]:-} ]]; then
             # shellcheck disable=SC2059
             printf "$fmt" "$(label_of "$s" "$mode")" "$mode" "${FAIL[$key]:-FAIL}" - - - - - - - - - -
@@ -452,6 +592,13 @@ echo "core$SERVER_CPU busy = busy share of the server's core from /proc/stat (so
 if [[ ${#client_bound[@]} -gt 0 ]]; then
     echo "note: wrk saturated its core (>= 95%) for: ${client_bound[*]} -- those rates are (partly) a client limit."
 fi
+if [[ $any_tls -eq 1 ]]; then
+    echo "tls-hs: p50/p99 are wrk's, from request write to response: the connect and handshake before it are not in"
+    echo "        them (req/s there is handshakes per second)."
+    for s in "${SERVERS[@]}"; do
+        [[ -z ${TLSP[$s]:-} ]] || echo "tls negotiated with $(label_of "$s") (openssl s_client): ${TLSP[$s]}"
+    done
+fi
 for n in "${notes[@]}"; do
     echo "warning: $n"
 done
@@ -477,6 +624,18 @@ for mode in "${MODES[@]}"; do
                 "$mode" "$x" "$(fmt_us "${P99[$r]}")" "$(fmt_us "${P99[$o]}")" "$verdict" "$(ratio "${RPS[$r]}" "${RPS[$o]}" x)"
         else
             printf '  %-9s vs nginx proxy_pass: not measured\n' "$mode"
+        fi
+        continue
+    fi
+    if is_tls "$mode"; then
+        # No target: the ratios, ringline / nginx+lua.
+        o="nginx-lua|$mode"
+        if have "$r" && have "$o"; then
+            printf '  %-9s vs nginx+lua    : req/s %s, req/CPU-second %s, p99 %s vs %s (%s)   (no target)\n' \
+                "$mode" "$(ratio "${RPS[$r]}" "${RPS[$o]}" x)" "$(ratio "${EFF[$r]:-}" "${EFF[$o]:-}" x)" \
+                "$(fmt_us "${P99[$r]}")" "$(fmt_us "${P99[$o]}")" "$(ratio "${P99[$r]}" "${P99[$o]}" x)"
+        else
+            printf '  %-9s vs nginx+lua    : not measured\n' "$mode"
         fi
         continue
     fi
