@@ -392,6 +392,22 @@ class Server:
                         fail(f"server not accepting on {addr} after {timeout:.0f}s: "
                              f"{self.stderr_tail()}")
                     time.sleep(0.02)
+        # One worker's socket accepting is not all of them: main logs
+        # "serving" once every worker is set up (SO_REUSEPORT spreads
+        # connections only over sockets already bound).  Only at info.
+        if "--log-level" in self.args:
+            return
+        while b" serving " not in self._stderr_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
+    def _stderr_bytes(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read()
+        except OSError:
+            return b""
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
