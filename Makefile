@@ -10,7 +10,7 @@ PKGS := liburing luajit openssl
 DEPS_BUILD := gcc make pkg-config liburing-dev libluajit2-5.1-dev luajit2 \
 	libcmocka-dev libssl-dev
 DEPS_TEST := python3 procps util-linux curl redis-server redis-tools \
-	memcached libmemcached-tools nginx-light openssl
+	memcached libmemcached-tools nginx-light openssl stunnel4
 DEPS := $(DEPS_BUILD) $(DEPS_TEST)
 # The peers the benchmarks compare against, installed by `make bench`.
 DEPS_BENCH := wrk nginx-light libnginx-mod-http-lua haproxy
@@ -28,7 +28,7 @@ EXPORT := -Wl,-E
 CORE := rl_bufring rl_conn rl_rxbuf rl_rxhold rl_sendq rl_options rl_listen rl_log \
 	rl_worker rl_worker_setup rl_conn_io rl_pause rl_conn_api rl_connect rl_file rl_budget \
 	rl_lua rl_reload rl_dict rl_dict_rmw rl_dict_scan rl_resolve rl_watchdog \
-	rl_tls rl_tls_io
+	rl_tls rl_tls_io rl_tls_client
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o)
 HEADERS := $(wildcard core/*.h)
 CDEF := lua/ringline/cdef.lua

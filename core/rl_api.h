@@ -173,7 +173,21 @@ int rl_conn_send_blob(rl_worker *w, uint32_t conn, uint32_t gen, rl_blob *b,
 int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
 		  int abort);
 
-/* Start an outbound connection to addr ("tcp://host:port", "unix:/path").
+/* How an outbound tls:// connection checks the server (NULL or zeroed
+ * strings: the defaults).  The server's certificate chain is verified
+ * against ca (a PEM file; NULL: the system's store) and its name against
+ * sni, unless verify is 0. */
+typedef struct rl_tls_client {
+	const char *ca;       /* CA file; NULL: the system's trust store */
+	const char *sni;      /* name sent and verified; NULL: the address's host */
+	const char *alpn;     /* protocols offered, "h2,http/1.1"; NULL: none */
+	const char *cert;     /* client certificate chain (PEM), with key */
+	const char *key;
+	int32_t verify;       /* 1: verify (the default when tls is NULL); 0: not */
+} rl_tls_client;
+
+/* Start an outbound connection to addr ("tcp://host:port", "unix:/path",
+ * "tls://host:port": TLS, configured by tls, NULL for the defaults).
  * A numeric host is connected to at once; a host name is resolved by the
  * process's resolver threads (rl_resolve.h), never in the worker, and the
  * connect starts when the answer arrives, trying its addresses in order
@@ -181,9 +195,12 @@ int rl_conn_close(rl_worker *w, uint32_t conn, uint32_t gen, int reason,
  * Returns the slot and sets *gen, or -errno with the reason in
  * rl_conn_connect_error.  Success arrives as a CONNECT event; failure or
  * timeout as a CLOSE event with the error (RL_CLOSE_RESOLVE and a text for
- * a name that did not resolve).  Sends may be queued before it connects. */
+ * a name that did not resolve; RL_CLOSE_TLS and the reason for a failed
+ * handshake, a certificate that did not verify).  For tls:// the CONNECT
+ * event comes once the handshake is done.  Sends may be queued before it
+ * connects. */
 int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
-		    uint32_t *gen);
+		    uint32_t *gen, const struct rl_tls_client *tls);
 /* Why this worker's last rl_conn_connect failed, in words. */
 const char *rl_conn_connect_error(rl_worker *w);
 
@@ -253,6 +270,8 @@ enum rl_tls_info {
 	RL_TLS_ALPN = 2,     /* the protocol ALPN chose, "" for none */
 	RL_TLS_SNI = 3,      /* the name the client asked for, "" for none */
 	RL_TLS_RESUMED = 4,  /* "1" when the session was resumed, else "" */
+	RL_TLS_PEER_SUBJECT = 5, /* the verified peer certificate's subject
+				  * ("CN=a,O=b"), "" for none */
 };
 
 /* Copies the answer into buf (at most len bytes) and returns its length,

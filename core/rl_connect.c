@@ -211,6 +211,14 @@ NOINLINE int rl_w_on_connect(struct rl_worker *w, struct io_uring_cqe *cqe,
 	c->state = RL_CONN_OPEN;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	queue_work(w, c, idx);  /* sends queued while connecting, recv */
+	if (c->tls) {
+		/* Connected once the handshake is done (rl_tls_io.c). */
+		if (rl_w_tls_connected(w, c, idx)) {
+			c->close_reason = -ENOMEM;
+			c->aborting = 1;
+		}
+		return 0;
+	}
 	fill_event(ev, RL_EV_CONNECT, idx, c->gen, 0);
 	return 1;
 }
@@ -245,7 +253,7 @@ static int start_resolve(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
 }
 
 int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
-		    uint32_t *gen)
+		    uint32_t *gen, const struct rl_tls_client *tls)
 {
 	char host[RL_RESOLVE_HOST_MAX], port[8];
 	struct connect_arg *arg;
@@ -254,18 +262,12 @@ int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
 	uint32_t idx;
 	int ret;
 
+	w->connect_err[0] = 0;
 	ret = rl_addr_parse_numeric(addr, &a, host, sizeof(host), port,
 				    sizeof(port), w->connect_err,
 				    sizeof(w->connect_err));
 	if (ret < 0)
 		return ret;
-	if (a.tls) {
-		/* Never a plaintext connect for a tls:// address. */
-		snprintf(w->connect_err, sizeof(w->connect_err),
-			 "outbound tls:// connects are not supported yet: '%s'",
-			 addr);
-		return -EPROTONOSUPPORT;
-	}
 	if (atomic_fetch_add(&w->shared->live_conns, 1) >= w->cfg->max_conns) {
 		atomic_fetch_sub(&w->shared->live_conns, 1);
 		snprintf(w->connect_err, sizeof(w->connect_err),
@@ -283,6 +285,15 @@ int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
 	}
 	c->state = RL_CONN_CONNECTING;
 	c->connect_arg = arg;
+	/* Its session first: a configuration that fails (a CA file that
+	 * does not load) fails the call, never a plaintext connect. */
+	if (a.tls && rl_w_tls_client(w, c, tls, host, addr + 6) < 0) {
+		free(arg);
+		c->connect_arg = NULL;
+		rl_conntab_release(&w->conns, idx);
+		atomic_fetch_sub(&w->shared->live_conns, 1);
+		return -EINVAL;
+	}
 	if (timeout_ms)
 		arg->deadline_ns = now_ns() + (uint64_t)timeout_ms * 1000000;
 	if (ret == 0) {
@@ -305,6 +316,7 @@ int rl_conn_connect(rl_worker *w, const char *addr, uint32_t timeout_ms,
 		/* Lua never saw the slot: give it back now. */
 		free(arg);
 		c->connect_arg = NULL;
+		rl_w_tls_free(w, c);
 		rl_conntab_release(&w->conns, idx);
 		atomic_fetch_sub(&w->shared->live_conns, 1);
 		return ret;

@@ -56,6 +56,14 @@ static const char usage[] =
 "      --tls-min-version V  1.2 (default) or 1.3\n"
 "      --tls-handshake-timeout MS  close a handshake not done by then\n"
 "                           (default 10000)\n"
+"      --tls-client-ca FILE  ask clients for a certificate and verify it\n"
+"                           against these CAs (PEM); conn.tls.peer_subject\n"
+"      --tls-client-verify M  required (default with --tls-client-ca): a\n"
+"                           client without a valid certificate is refused;\n"
+"                           optional: one without any is let in\n"
+"      --tls-ticket-rotation S  session ticket keys (one set per process,\n"
+"                           all workers) rotate every S seconds; a ticket\n"
+"                           resumes for up to 2*S (default 3600)\n"
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
 "\n"
@@ -72,6 +80,7 @@ void rl_options_defaults(struct rl_config *cfg, int online_cpus)
 	cfg->workers = online_cpus > 0 ? online_cpus : 1;
 	cfg->buffers = 512;
 	cfg->tls_handshake_timeout_ms = 10000;
+	cfg->tls_ticket_rotation_s = 3600;
 	cfg->buffer_size = 16384;
 	cfg->max_conns = 65536;
 	/* Measured (README, "Hostile clients"): a client that pipelines and
@@ -148,6 +157,7 @@ enum {
 	OPT_HANDLER_TIMEOUT, OPT_LUA_MEMORY, OPT_RING, OPT_CLIENT_MEMORY,
 	OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_ALPN, OPT_TLS_CIPHERS,
 	OPT_TLS_SUITES, OPT_TLS_GROUPS, OPT_TLS_MIN, OPT_TLS_HS_TIMEOUT,
+	OPT_TLS_CLIENT_CA, OPT_TLS_CLIENT_VERIFY, OPT_TLS_TICKET_ROTATION,
 };
 
 static const struct option longopts[] = {
@@ -178,6 +188,9 @@ static const struct option longopts[] = {
 	{ "tls-groups", required_argument, NULL, OPT_TLS_GROUPS },
 	{ "tls-min-version", required_argument, NULL, OPT_TLS_MIN },
 	{ "tls-handshake-timeout", required_argument, NULL, OPT_TLS_HS_TIMEOUT },
+	{ "tls-client-ca", required_argument, NULL, OPT_TLS_CLIENT_CA },
+	{ "tls-client-verify", required_argument, NULL, OPT_TLS_CLIENT_VERIFY },
+	{ "tls-ticket-rotation", required_argument, NULL, OPT_TLS_TICKET_ROTATION },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -307,6 +320,21 @@ static int set_option(struct rl_config *cfg, int opt, const char *arg,
 		if (!(ret = num("tls-handshake-timeout", arg, 1, 3600000, &v,
 				err, len)))
 			cfg->tls_handshake_timeout_ms = (uint32_t)v;
+		break;
+	case OPT_TLS_CLIENT_CA:
+		cfg->tls_client_ca = arg;
+		return 0;
+	case OPT_TLS_CLIENT_VERIFY:
+		if (strcmp(arg, "required") && strcmp(arg, "optional"))
+			return bad(err, len, "invalid value '%s' for "
+				   "--tls-client-verify: expected required or "
+				   "optional%s", arg, "");
+		cfg->tls_client_optional = arg[0] == 'o';
+		return 0;
+	case OPT_TLS_TICKET_ROTATION:
+		if (!(ret = num("tls-ticket-rotation", arg, 1, 7 * 86400, &v,
+				err, len)))
+			cfg->tls_ticket_rotation_s = (uint32_t)v;
 		break;
 	case OPT_RING:
 		if (!(ret = num("ring-entries", arg, 8, 32768, &v, err, len)) &&

@@ -42,6 +42,9 @@ struct rl_config {
 	const char *tls_groups;       /* key exchange groups */
 	const char *tls_min_version;  /* "1.2" (default) or "1.3" */
 	uint32_t tls_handshake_timeout_ms;
+	const char *tls_client_ca;    /* verify client certificates with it */
+	int tls_client_optional;      /* --tls-client-verify optional */
+	uint32_t tls_ticket_rotation_s;
 };
 
 enum rl_options_result {

@@ -4,9 +4,12 @@
  * One SSL_CTX per certificate: the first is the default, the one each new
  * session starts with, and the servername callback moves a session to the
  * context whose certificate names its SNI (exact names first, then
- * wildcards).  Session tickets are encrypted with the keys of the context
- * a session started with, the same for all workers, so a session resumes
- * on any of them.  Workers take a reference on the set at each accept; a
+ * wildcards).  Session tickets are sealed with the process's ticket keys,
+ * the same for every worker and every context (a session resumes on any
+ * worker, and across certificate reloads), rotated every
+ * --tls-ticket-rotation seconds: a ticket sealed with the newest key is
+ * accepted for two more periods; a resumed session is given a new ticket
+ * sealed with the newest key.  Workers take a reference on the set at each accept; a
  * new set (rl_tls_server_install) serves the next accepts while sessions
  * already begun keep theirs.
  */
@@ -16,8 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -86,6 +93,97 @@ void rl_tls_server_install(struct rl_tls_server *s)
 	current = s;
 	pthread_mutex_unlock(&lock);
 	rl_tls_server_put(old);
+}
+
+/* -- Session ticket keys ---------------------------------------------------- */
+
+#define TICKET_KEYS 3           /* the newest and two before it */
+
+struct ticket_key {
+	unsigned char name[16];
+	unsigned char aes[32];
+	unsigned char hmac[32];
+};
+
+static struct ticket_key tkeys[TICKET_KEYS];   /* [0] the newest; under lock */
+static int ntkeys;
+static uint64_t tkey_born_s;
+static uint32_t tkey_rotation_s = 3600;
+
+static uint64_t mono_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec;
+}
+
+/* Under lock: a new newest key when the period is over (or none yet).
+ * 0, or -1 when the random source failed (no ticket then). */
+static int rotate_keys(void)
+{
+	uint64_t now = mono_s();
+	struct ticket_key k;
+
+	if (ntkeys && now - tkey_born_s < tkey_rotation_s)
+		return 0;
+	if (RAND_bytes((unsigned char *)&k, sizeof(k)) != 1)
+		return -1;
+	memmove(&tkeys[1], &tkeys[0], sizeof(tkeys[0]) * (TICKET_KEYS - 1));
+	tkeys[0] = k;
+	if (ntkeys < TICKET_KEYS)
+		ntkeys++;
+	/* Periods missed while idle age the old keys as well. */
+	if (ntkeys > 1 && now - tkey_born_s >= 2ull * tkey_rotation_s)
+		ntkeys = now - tkey_born_s >= 3ull * tkey_rotation_s ? 1 : 2;
+	tkey_born_s = now;
+	return 0;
+}
+
+/* OpenSSL seals (enc = 1) or opens (enc = 0) a ticket: AES-256-CBC and
+ * HMAC-SHA256 with the key named in it.  Opening: 2 ok and renew, 0 an
+ * unknown key (a full handshake). */
+static int on_ticket_key(SSL *ssl, unsigned char name[16], unsigned char *iv,
+			 EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
+{
+	struct ticket_key k;
+	OSSL_PARAM params[3];
+	int which = -1;
+
+	(void)ssl;
+	pthread_mutex_lock(&lock);
+	if (enc) {
+		if (rotate_keys() == 0)
+			which = 0;
+	} else {
+		if (ntkeys && mono_s() - tkey_born_s >= tkey_rotation_s)
+			rotate_keys();
+		for (int i = 0; i < ntkeys && which < 0; i++)
+			if (!memcmp(name, tkeys[i].name, 16))
+				which = i;
+	}
+	if (which >= 0)
+		k = tkeys[which];
+	pthread_mutex_unlock(&lock);
+	if (which < 0)
+		return 0;       /* sealing: no ticket; opening: unknown */
+	if (enc) {
+		if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
+			return 0;
+		memcpy(name, k.name, 16);
+	}
+	params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
+						      k.hmac, sizeof(k.hmac));
+	params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+						     (char *)"SHA256", 0);
+	params[2] = OSSL_PARAM_construct_end();
+	if (!EVP_CipherInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv, enc) ||
+	    !EVP_MAC_CTX_set_params(hctx, params))
+		return -1;
+	OPENSSL_cleanse(&k, sizeof(k));
+	/* Opening: always "renew", so a resumed session gets a fresh ticket
+	 * (a client uses each TLS 1.3 ticket once). */
+	return enc ? 1 : 2;
 }
 
 /* -- Names ---------------------------------------------------------------- */
@@ -193,7 +291,7 @@ static int ssl_fail(char *err, size_t len, const char *what, const char *file)
 }
 
 /* "h2,http/1.1" into ALPN's wire format. */
-static int alpn_wire(const char *list, unsigned char *out, unsigned int *len,
+int rl_tls_alpn_wire(const char *list, unsigned char *out, unsigned int *len,
 		     char *err, size_t errlen)
 {
 	const char *p = list;
@@ -204,7 +302,7 @@ static int alpn_wire(const char *list, unsigned char *out, unsigned int *len,
 		size_t n = e ? (size_t)(e - p) : strlen(p);
 
 		if (n == 0 || n > 255 || *len + 1 + n > 256) {
-			snprintf(err, errlen, "tls: invalid --tls-alpn '%s'", list);
+			snprintf(err, errlen, "tls: invalid ALPN list '%s'", list);
 			return -EINVAL;
 		}
 		out[(*len)++] = (unsigned char)n;
@@ -236,6 +334,10 @@ static int make_ctx(const struct rl_config *cfg, struct rl_tls_server *s,
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	/* Resumption by tickets only: no server-side cache to share. */
 	SSL_CTX_set_num_tickets(ctx, 1);
+	SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
+	SSL_CTX_set_timeout(ctx, (long)cfg->tls_ticket_rotation_s * 2);
+	/* Tickets carry it: a session resumes only where it began. */
+	SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"ringline", 8);
 	if (cfg->tls_ciphers && !SSL_CTX_set_cipher_list(ctx, cfg->tls_ciphers))
 		return ssl_fail(err, len, "invalid --tls-ciphers", cfg->tls_ciphers);
 	if (cfg->tls_ciphersuites &&
@@ -252,6 +354,21 @@ static int make_ctx(const struct rl_config *cfg, struct rl_tls_server *s,
 		return ssl_fail(err, len, "key does not match certificate",
 				cfg->tls_cert[i]);
 	cert_names(c, SSL_CTX_get0_certificate(ctx));
+	if (cfg->tls_client_ca) {
+		STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->tls_client_ca);
+
+		if (!names || SSL_CTX_load_verify_locations(ctx, cfg->tls_client_ca,
+							     NULL) != 1) {
+			sk_X509_NAME_pop_free(names, X509_NAME_free);
+			return ssl_fail(err, len, "cannot load --tls-client-ca",
+					cfg->tls_client_ca);
+		}
+		/* The CAs the client is told we accept. */
+		SSL_CTX_set_client_CA_list(ctx, names);
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER |
+				   (cfg->tls_client_optional ? 0 :
+				    SSL_VERIFY_FAIL_IF_NO_PEER_CERT), NULL);
+	}
 	SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
 	SSL_CTX_set_tlsext_servername_arg(ctx, s);
 	if (s->alpn_len)
@@ -278,7 +395,12 @@ int rl_tls_server_load(const struct rl_config *cfg,
 	}
 	s->refs = 1;
 	if (cfg->tls_alpn)
-		ret = alpn_wire(cfg->tls_alpn, s->alpn, &s->alpn_len, err, errlen);
+		ret = rl_tls_alpn_wire(cfg->tls_alpn, s->alpn, &s->alpn_len, err,
+				       errlen);
+	pthread_mutex_lock(&lock);
+	tkey_rotation_s = cfg->tls_ticket_rotation_s ? cfg->tls_ticket_rotation_s
+						      : 3600;
+	pthread_mutex_unlock(&lock);
 	for (int i = 0; !ret && i < cfg->ntls_cert; i++) {
 		s->ncerts = i + 1;
 		ret = make_ctx(cfg, s, i, err, errlen);

@@ -40,6 +40,7 @@ struct rl_tls_conn {
 	uint8_t failed;             /* a fatal TLS error: no shutdown record */
 	int eof_res;                /* a recv end seen while plaintext was left */
 	uint8_t eof_deferred;
+	uint8_t client;             /* outbound: CONNECT, not OPEN */
 };
 
 /* Process start: contexts from the --tls-* options.  0, or -EINVAL with
@@ -53,6 +54,21 @@ void rl_tls_server_put(struct rl_tls_server *s);
 void rl_tls_server_install(struct rl_tls_server *s);
 /* The SSL_CTX * new sessions start with (the default certificate's). */
 void *rl_tls_server_ctx(struct rl_tls_server *s);
+/* "h2,http/1.1" into ALPN's wire format (out: 256 bytes).  0 or -EINVAL. */
+int rl_tls_alpn_wire(const char *list, unsigned char *out, unsigned int *len,
+		     char *err, size_t errlen);
+
+/* -- Outbound (rl_tls_client.c) ------------------------------------------- */
+
+struct rl_tls_client;
+/* A client session (SSL *) for a connect to host (the address's host, a
+ * name or a numeric address) configured by o (NULL: verify against the
+ * system's store, SNI = host).  The context for o's files is made on
+ * first use and kept; the last session a server gave for this name and
+ * addr is offered again.  0, or -errno with the reason in err. */
+int rl_tls_client_session(const struct rl_tls_client *o, const char *host,
+			  const char *addr, void **ssl, char *err,
+			  size_t errlen);
 
 /* -- Worker side (rl_tls_io.c) -------------------------------------------- */
 
@@ -60,6 +76,14 @@ void *rl_tls_server_ctx(struct rl_tls_server *s);
  * -errno (the caller closes it). */
 int rl_w_tls_accept(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
 		    int listener);
+/* An outbound tls:// connect to addr (host its host): its client session,
+ * configured by o.  0, or -errno with the reason in w->connect_err. */
+int rl_w_tls_client(struct rl_worker *w, struct rl_conn *c,
+		    const struct rl_tls_client *o, const char *host,
+		    const char *addr);
+/* Its TCP connect completed: the handshake starts (the CONNECT event
+ * comes when it is done).  0 or -errno (the caller closes it). */
+int rl_w_tls_connected(struct rl_worker *w, struct rl_conn *c, uint32_t idx);
 /* Ciphertext arrived in ring buffer bid (res bytes; res <= 0: the receive
  * ended).  Returns the events made (0 or 1). */
 int rl_w_tls_recv(struct rl_worker *w, struct rl_conn *c, uint32_t idx,

@@ -73,8 +73,15 @@ static NOINLINE void tls_fail(struct rl_worker *w, struct rl_conn *c,
 	unsigned long e = ERR_get_error();
 	char why[200], text[256];
 
+	long v = t->ssl ? SSL_get_verify_result(t->ssl) : X509_V_OK;
+
 	if (timeout)
 		snprintf(why, sizeof(why), "timed out");
+	else if (t->handshaking && v != X509_V_OK)
+		/* Which check of the peer's certificate failed, not just
+		 * "certificate verify failed". */
+		snprintf(why, sizeof(why), "certificate verify failed: %s",
+			 X509_verify_cert_error_string(v));
 	else if (e)
 		ERR_error_string_n(e, why, sizeof(why));
 	else
@@ -104,45 +111,103 @@ static NOINLINE void tls_fail(struct rl_worker *w, struct rl_conn *c,
 
 /* -- Sessions --------------------------------------------------------------- */
 
-int rl_w_tls_accept(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
-		    int listener)
+/* A session over ssl for c (which owns ssl from now on, and srv's
+ * reference): its BIOs, its state.  0 or -ENOMEM (ssl freed). */
+static int session_new(struct rl_worker *w, struct rl_conn *c, SSL *ssl,
+		       struct rl_tls_server *srv)
 {
-	struct rl_tls_conn *t;
+	struct rl_tls_conn *t = NULL;
 	BIO *rbio = NULL, *wbio = NULL;
 
 	pthread_once(&sendq_once, make_method);
-	if (!sendq_method || !(t = calloc(1, sizeof(*t))))
-		return -ENOMEM;
-	t->w = w;
-	t->c = c;
-	t->srv = rl_tls_server_get();
-	if (t->srv)
-		t->ssl = SSL_new(rl_tls_server_ctx(t->srv));
-	if (t->ssl) {
+	if (ssl && sendq_method && (t = calloc(1, sizeof(*t)))) {
 		rbio = BIO_new(BIO_s_mem());
 		wbio = BIO_new(sendq_method);
 	}
-	if (!rbio || !wbio || vec_push64(&w->tls_hs, (uint64_t)c->gen << 32 | idx)) {
+	if (!rbio || !wbio) {
 		BIO_free(rbio);
 		BIO_free(wbio);
-		SSL_free(t->ssl);
-		rl_tls_server_put(t->srv);
+		SSL_free(ssl);
+		rl_tls_server_put(srv);
 		free(t);
 		return -ENOMEM;
 	}
+	t->w = w;
+	t->c = c;
+	t->ssl = ssl;
+	t->srv = srv;
 	/* Empty means "more to come", not end of file. */
 	BIO_set_mem_eof_return(rbio, -1);
 	BIO_set_data(wbio, t);
 	BIO_set_init(wbio, 1);
-	SSL_set_bio(t->ssl, rbio, wbio);
-	SSL_set_accept_state(t->ssl);
+	SSL_set_bio(ssl, rbio, wbio);
 	t->rbio = rbio;
 	rl_sendq_init(&t->plain);
-	t->listener = listener;
 	t->handshaking = 1;
-	t->hs_deadline_ns = w->clock.mono_ns +
-			    (uint64_t)w->cfg->tls_handshake_timeout_ms * 1000000;
 	c->tls = t;
+	return 0;
+}
+
+/* The handshake must be over by --tls-handshake-timeout from now. */
+static int deadline_start(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	if (vec_push64(&w->tls_hs, (uint64_t)c->gen << 32 | idx))
+		return -ENOMEM;
+	c->tls->hs_deadline_ns = w->clock.mono_ns +
+		(uint64_t)w->cfg->tls_handshake_timeout_ms * 1000000;
+	return 0;
+}
+
+int rl_w_tls_accept(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
+		    int listener)
+{
+	struct rl_tls_server *srv = rl_tls_server_get();
+	SSL *ssl = srv ? SSL_new(rl_tls_server_ctx(srv)) : NULL;
+	int ret;
+
+	if ((ret = session_new(w, c, ssl, srv)))
+		return ret;
+	SSL_set_accept_state(ssl);
+	c->tls->listener = listener;
+	if ((ret = deadline_start(w, c, idx)))
+		rl_w_tls_free(w, c);
+	return ret;
+}
+
+int rl_w_tls_client(struct rl_worker *w, struct rl_conn *c,
+		    const struct rl_tls_client *o, const char *host,
+		    const char *addr)
+{
+	void *ssl;
+	int ret = rl_tls_client_session(o, host, addr, &ssl, w->connect_err,
+					sizeof(w->connect_err));
+
+	if (ret)
+		return ret;
+	if ((ret = session_new(w, c, ssl, NULL))) {
+		snprintf(w->connect_err, sizeof(w->connect_err),
+			 "tls: out of memory for a session to '%s'", addr);
+		return ret;
+	}
+	c->tls->client = 1;
+	return 0;
+}
+
+int rl_w_tls_connected(struct rl_worker *w, struct rl_conn *c, uint32_t idx)
+{
+	struct rl_tls_conn *t = c->tls;
+	int r;
+
+	if (deadline_start(w, c, idx))
+		return -ENOMEM;
+	/* The ClientHello goes into the send queue, out with the next
+	 * submission; the server's answer comes as any receive. */
+	r = SSL_do_handshake(t->ssl);
+	if (r != 1 && SSL_get_error(t->ssl, r) != SSL_ERROR_WANT_READ) {
+		tls_fail(w, c, idx, "handshake", 0);
+		return 0;
+	}
+	queue_work(w, c, idx);
 	return 0;
 }
 
@@ -189,7 +254,10 @@ static int handshake(struct rl_worker *w, struct rl_conn *c, uint32_t idx,
 	/* Application data may have come with the last handshake flight. */
 	t->more = 1;
 	pending_push(w, c, idx);
-	fill_event(ev, RL_EV_OPEN, idx, c->gen, t->listener);
+	if (t->client)
+		fill_event(ev, RL_EV_CONNECT, idx, c->gen, 0);
+	else
+		fill_event(ev, RL_EV_OPEN, idx, c->gen, t->listener);
 	return 1;
 }
 
@@ -524,6 +592,25 @@ int rl_w_tls_emit(struct rl_worker *w, void *evp, int n, int max)
 
 /* -- What handlers ask --------------------------------------------------- */
 
+/* The peer certificate's subject, RFC 2253 ("CN=a,O=b"), when it was
+ * verified; "" for none. */
+static int peer_subject(SSL *ssl, char *buf, size_t len)
+{
+	X509 *x = SSL_get0_peer_certificate(ssl);
+	BIO *b;
+	int n;
+
+	if (!x || SSL_get_verify_result(ssl) != X509_V_OK ||
+	    SSL_get_verify_mode(ssl) == SSL_VERIFY_NONE)
+		return 0;
+	if (!(b = BIO_new(BIO_s_mem())))
+		return -ENOMEM;
+	X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
+	n = BIO_read(b, buf, (int)len);
+	BIO_free(b);
+	return n > 0 ? n : 0;
+}
+
 int rl_conn_tls_info(rl_worker *w, uint32_t conn, uint32_t gen, int what,
 		     char *buf, size_t len)
 {
@@ -552,6 +639,8 @@ int rl_conn_tls_info(rl_worker *w, uint32_t conn, uint32_t gen, int what,
 	case RL_TLS_RESUMED:
 		s = SSL_session_reused(ssl) ? "1" : "";
 		break;
+	case RL_TLS_PEER_SUBJECT:
+		return peer_subject(ssl, buf, len);
 	default:
 		return -EINVAL;
 	}

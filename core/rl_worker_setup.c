@@ -51,7 +51,7 @@ static int setup_ring(struct rl_worker *w)
 int rl_worker_setup(struct rl_worker *w)
 {
 	const struct rl_config *cfg = w->cfg;
-	uint32_t nplain = 0;
+	uint32_t nplain;
 	char err[256];
 	int ret;
 
@@ -64,11 +64,10 @@ int rl_worker_setup(struct rl_worker *w)
 			 "io_uring setup failed: %s", strerror(-ret));
 		return ret;
 	}
-	/* Plain buffers for decrypted bytes, as many as the ring has, when
-	 * a listener is TLS (virtual until used, as the ring's). */
-	for (int i = 0; i < w->shared->naddrs; i++)
-		if (w->shared->addrs[i].tls)
-			nplain = cfg->buffers;
+	/* Plain buffers for decrypted bytes, as many as the ring has: for
+	 * TLS listeners and for any script's outbound tls:// connects (in
+	 * the same mapping, virtual until used, as the ring's). */
+	nplain = cfg->buffers;
 	ret = rl_bufring_init(&w->br, cfg->buffers, cfg->buffer_size, nplain);
 	if (!ret)
 		ret = rl_bufring_register(&w->br, &w->ring, RL_BGID);

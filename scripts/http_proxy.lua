@@ -22,6 +22,11 @@
 --                                   failures within FAIL_TIMEOUT ms that
 --                                   take an upstream out of rotation for
 --                                   FAIL_TIMEOUT (1, 10000)
+--   RINGLINE_HTTP_PROXY_TLS_CA, _TLS_SNI, _TLS_VERIFY (on/off)
+--                                   for tls:// upstreams: the CA file
+--                                   (default the system's), the name
+--                                   checked (default the upstream's host),
+--                                   verification (on)
 -- At least one of UPSTREAMS and ROUTES is needed.
 local proxy = require "ringline.http.proxy"
 
@@ -61,5 +66,10 @@ env_num("HEADER_TIMEOUT", "header_timeout", cfg)
 env_num("KEEPALIVE", "keepalive", cfg)
 env_num("MAX_FAILS", "max_fails", cfg)
 env_num("FAIL_TIMEOUT", "fail_timeout", cfg)
+local verify = env("TLS_VERIFY") or "on"
+if verify ~= "on" and verify ~= "off" then
+  error("RINGLINE_HTTP_PROXY_TLS_VERIFY must be on or off", 0)
+end
+cfg.upstream_tls = { ca = env("TLS_CA"), sni = env("TLS_SNI"), verify = verify == "on" }
 
 return proxy.service(cfg)

@@ -14,6 +14,15 @@
 --   RINGLINE_PROXY_HIGH_WATER       unsent bytes on one side that pause
 --                                   reading the other (default 0: the
 --                                   core's --high-water)
+--   For tls:// upstreams (TLS originated here; the server's certificate
+--   and name are verified unless RINGLINE_PROXY_TLS_VERIFY=off):
+--   RINGLINE_PROXY_TLS_CA           CA file (PEM), default the system's
+--   RINGLINE_PROXY_TLS_SNI          name sent and verified, default each
+--                                   upstream's host
+--   RINGLINE_PROXY_TLS_VERIFY       on (default) or off
+--   RINGLINE_PROXY_TLS_CERT, RINGLINE_PROXY_TLS_KEY  a client certificate
+--   RINGLINE_PROXY_TLS_ALPN         protocols offered, comma separated
+-- Listening on tls:// (ringline's --tls-cert/--tls-key) terminates TLS.
 --
 -- Each client connection gets one upstream connection.  Bytes go both ways
 -- as received slices (no copy); when one side's unsent bytes pass the high
@@ -48,6 +57,18 @@ local DOWN_TIME = env_ms("RINGLINE_PROXY_DOWN_TIME", 5000)
 local CHECK_INTERVAL = env_ms("RINGLINE_PROXY_CHECK_INTERVAL", 2000)
 -- 0: the core's --high-water (conn:writable()).
 local HIGH_WATER = env_ms("RINGLINE_PROXY_HIGH_WATER", 0)
+
+local VERIFY = env("RINGLINE_PROXY_TLS_VERIFY", "on")
+if VERIFY ~= "on" and VERIFY ~= "off" then
+  error("RINGLINE_PROXY_TLS_VERIFY must be on or off", 0)
+end
+-- One options table for every connect (no garbage per connection).
+local CONNECT_OPTS = {
+  timeout = CONNECT_TIMEOUT, verify = VERIFY == "on",
+  ca = env("RINGLINE_PROXY_TLS_CA"), sni = env("RINGLINE_PROXY_TLS_SNI"),
+  cert = env("RINGLINE_PROXY_TLS_CERT"), key = env("RINGLINE_PROXY_TLS_KEY"),
+  alpn = env("RINGLINE_PROXY_TLS_ALPN"),
+}
 
 if BALANCE ~= "roundrobin" and BALANCE ~= "leastconn" then
   error("RINGLINE_PROXY_BALANCE must be roundrobin or leastconn", 0)
@@ -191,8 +212,7 @@ function connect_upstream(client)
     return
   end
   cs.tried[u] = true
-  local up, err = ringline.connect(u.addr, upstream_handlers,
-    { timeout = CONNECT_TIMEOUT })
+  local up, err = ringline.connect(u.addr, upstream_handlers, CONNECT_OPTS)
   if not up then
     mark_down(u, err)
     return connect_upstream(client)
@@ -217,7 +237,7 @@ local function health_check()
         on_open = function(c) mark_up(u) c:close() end,
         on_data = function(c, data) return #data end,
         on_close = function() end,
-      }, { timeout = CONNECT_TIMEOUT })
+      }, CONNECT_OPTS)
     end
   end
 end

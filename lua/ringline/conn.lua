@@ -14,7 +14,7 @@ local M = {}
 local methods = {}
 local W               -- this state's worker
 local id_base = 0     -- worker id in the top bits of conn ids
-local peer_buf = ffi.new("char[?]", 128)
+local peer_buf = ffi.new("char[?]", 1024)
 
 local SEND_ERR = {}   -- -errno -> message, filled on first use
 
@@ -186,15 +186,18 @@ function methods.writable(c)
 end
 
 local TLS_FIELDS = { version = C.RL_TLS_VERSION, cipher = C.RL_TLS_CIPHER,
-  alpn = C.RL_TLS_ALPN, sni = C.RL_TLS_SNI, resumed = C.RL_TLS_RESUMED }
+  alpn = C.RL_TLS_ALPN, sni = C.RL_TLS_SNI, resumed = C.RL_TLS_RESUMED,
+  peer_subject = C.RL_TLS_PEER_SUBJECT }
 
--- conn.tls: {version, cipher, alpn, sni, resumed} of a TLS connection
--- (alpn and sni nil when none), false for plain TCP; conn.alpn is its alpn.
+-- conn.tls: {version, cipher, alpn, sni, resumed, peer_subject} of a TLS
+-- connection (alpn, sni and peer_subject nil when none; peer_subject only
+-- for a verified certificate: a client's with --tls-client-ca, a server's
+-- on an outbound connect), false for plain TCP; conn.alpn is its alpn.
 local function tls_info(c)
   if c.closed then return nil end
   local t = {}
   for name, what in pairs(TLS_FIELDS) do
-    local n = C.rl_conn_tls_info(W, c._idx, c._gen, what, peer_buf, 128)
+    local n = C.rl_conn_tls_info(W, c._idx, c._gen, what, peer_buf, 1024)
     if n < 0 then return nil end
     if n > 0 then t[name] = ffi_string(peer_buf, n) end
   end
@@ -258,6 +261,39 @@ local CONNECT_HANDLERS = { "on_open", "on_data", "on_close", "on_eof", "on_drain
 -- resolved off the worker thread; opts.timeout covers resolving and
 -- connecting.  Returns the conn at once (sends may be queued), or nil and
 -- an error.
+--
+-- "tls://host:port": TLS, on_open once the handshake is done.  opts.verify
+-- (default true) checks the server's certificate against opts.ca (a PEM
+-- file; default the system's store) and its name against opts.sni (default
+-- the address's host); opts.alpn ("h2,http/1.1" or a list) is offered;
+-- opts.cert and opts.key give a client certificate.  A handshake that fails
+-- or a certificate that does not verify calls on_close(conn, why) without
+-- on_open, why saying what failed ("tls handshake: certificate verify
+-- failed: self-signed certificate").
+local TLS_OPTS = { "ca", "sni", "alpn", "cert", "key" }
+
+local function tls_options(opts)
+  if not opts then return nil end
+  local any = opts.verify ~= nil
+  for _, k in ipairs(TLS_OPTS) do
+    local v = opts[k]
+    if v ~= nil then
+      if k == "alpn" and type(v) == "table" then v = table.concat(v, ",") end
+      if type(v) ~= "string" then error("connect: " .. k .. " must be a string", 3) end
+      any = true
+    end
+  end
+  if not any then return nil end
+  local t = ffi.new("rl_tls_client")
+  -- The strings stay referenced by opts for the call (C copies what it keeps).
+  t.ca, t.sni, t.cert, t.key = opts.ca, opts.sni, opts.cert, opts.key
+  local alpn = opts.alpn
+  if type(alpn) == "table" then alpn = table.concat(alpn, ",") end
+  t.alpn = alpn
+  t.verify = opts.verify == false and 0 or 1
+  return t, alpn
+end
+
 function M.connect(addr, h, opts)
   if type(addr) ~= "string" then error("connect: address must be a string", 2) end
   if type(h) ~= "table" then error("connect: handlers must be a table", 2) end
@@ -269,10 +305,13 @@ function M.connect(addr, h, opts)
   if not W then error("connect: no worker yet (call it from init or a handler)", 2) end
   local timeout = opts and opts.timeout or 5000
   local gen = ffi.new("uint32_t[1]")
-  local idx = C.rl_conn_connect(W, addr, timeout, gen)
+  local tls, keep = nil, nil
+  if addr:sub(1, 6) == "tls://" then tls, keep = tls_options(opts) end
+  local idx = C.rl_conn_connect(W, addr, timeout, gen, tls)
+  keep = nil
   if idx < 0 then
-    return nil, idx == -22 and "invalid address " .. addr
-      or ffi.string(C.rl_conn_connect_error(W))
+    local why = ffi.string(C.rl_conn_connect_error(W))
+    return nil, why ~= "" and why or "invalid address " .. addr
   end
   local c = M.new(idx, gen[0], h)
   c.outbound = true

@@ -471,6 +471,8 @@ release_slot = function(s)
 end
 
 -- connect(addr [, { pool = name, pool_size = n, backlog = m, timeout = ms }]):
+-- (a "tls://" addr also takes verify, ca, sni, alpn, cert, key as
+-- ringline.connect does; the pool is per address and these options)
 -- reuses an idle pooled connection to the same address (or pool name) when
 -- there is one.  With pool_size, at most that many connections of the pool
 -- are open at once; a connect past it waits (up to the connect timeout,
@@ -481,6 +483,12 @@ function Sock:connect(addr, opts)
   local task = need("sock:connect")
   if self.conn then self:close() end
   local key = opts and opts.pool or addr
+  if opts and not opts.pool and addr:sub(1, 6) == "tls://" then
+    -- A connection verified one way is not handed to a caller asking
+    -- another (a CA, a name, a client certificate).
+    key = table.concat({ addr, tostring(opts.verify ~= false), opts.ca or "",
+      opts.sni or "", opts.cert or "", opts.alpn and tostring(opts.alpn) or "" }, "|")
+  end
   self.pool_key = key
   local p = pool_of(key)
   local limit = opts and opts.pool_size
@@ -522,7 +530,12 @@ function Sock:connect(addr, opts)
       return true
     end
   end
-  local c, err = connmod.connect(addr, H, { timeout = opts and opts.timeout or self.ct })
+  local copts = { timeout = opts and opts.timeout or self.ct }
+  if opts and addr:sub(1, 6) == "tls://" then
+    copts.verify, copts.ca, copts.sni = opts.verify, opts.ca, opts.sni
+    copts.alpn, copts.cert, copts.key = opts.alpn, opts.cert, opts.key
+  end
+  local c, err = connmod.connect(addr, H, copts)
   if not c then
     release_slot(self)
     return nil, err

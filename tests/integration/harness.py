@@ -186,7 +186,8 @@ def rss_kb(pid):
 
 def ring_kb(pid, size_kb=512 * 16):
     """Resident KiB of the receive buffer rings of process pid: its
-    mappings of size_kb (512 x 16 KiB, the defaults) made MAP_NORESERVE
+    mappings of size_kb (512 x 16 KiB, the defaults), or twice that with
+    the plain buffers for decrypted bytes behind them, made MAP_NORESERVE
     (VmFlags "nr", core/rl_bufring.c).  Shared by all connections of a
     worker and bounded, so memory-per-connection checks leave it out."""
     total, size, rss = 0, None, 0
@@ -198,7 +199,7 @@ def ring_kb(pid, size_kb=512 * 16):
                     size = int(parts[1])
                 elif parts[0] == "Rss:":
                     rss = int(parts[1])
-                elif parts[0] == "VmFlags:" and size == size_kb and "nr" in parts[1:]:
+                elif parts[0] == "VmFlags:" and size in (size_kb, 2 * size_kb) and "nr" in parts[1:]:
                     total += rss
     except OSError:
         pass

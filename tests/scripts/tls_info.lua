@@ -11,9 +11,9 @@ return {
     if not t then
       conn:send("plain\n")
     else
-      conn:send(string.format("version=%s cipher=%s alpn=%s sni=%s resumed=%s conn.alpn=%s\n",
+      conn:send(string.format("version=%s cipher=%s alpn=%s sni=%s resumed=%s conn.alpn=%s peer=%s\n",
         t.version, t.cipher, tostring(t.alpn), tostring(t.sni), tostring(t.resumed),
-        tostring(conn.alpn)))
+        tostring(conn.alpn), tostring(t.peer_subject)))
     end
     return nl
   end,

@@ -19,6 +19,10 @@
 -- (true: res.body is not read; res:read() returns it piece by piece as
 -- slices valid until the task's next wait, false at the end; res:discard()
 -- reads and drops the rest, res:close() drops the connection).
+-- https:// URIs go over TLS, the server's certificate and name verified:
+-- ssl_verify (true; false: not checked), ssl_ca (a CA file, default the
+-- system's store), ssl_server_name (the name sent and verified, default
+-- the URI's host); keep-alive pools are per scheme, host and port.
 --
 -- Header names in res.headers are lowercase; a repeated header's values
 -- are joined with ", " (Set-Cookie's too: res:header_list(name) keeps
@@ -66,17 +70,16 @@ local function parse_uri(uri)
   local scheme, rest = uri:match("^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil, "bad uri: " .. uri end
   scheme = lower(scheme)
-  if scheme == "https" then return nil, "https is not supported yet" end
-  if scheme ~= "http" then return nil, "bad uri scheme: " .. scheme end
+  if scheme ~= "http" and scheme ~= "https" then return nil, "bad uri scheme: " .. scheme end
   local authority, target = rest:match("^([^/?#]*)([^#]*)")
   if authority == "" then return nil, "bad uri: no host" end
   if target == "" then target = "/" elseif target:byte(1) == 63 then target = "/" .. target end
   local host, port = authority:match("^%[([^%]]+)%]:?(%d*)$")
   if not host then host, port = authority:match("^([^:]+):?(%d*)$") end
   if not host then return nil, "bad uri: " .. uri end
-  port = tonumber(port) or 80
+  port = tonumber(port) or (scheme == "https" and 443 or 80)
   if port < 1 or port > 65535 then return nil, "bad uri port" end
-  return host, port, target, authority
+  return host, port, target, authority, scheme == "https"
 end
 M.parse_uri = parse_uri
 
@@ -172,7 +175,7 @@ end
 
 -- One request and the head of its response on a connection to addr; retried
 -- once on a new connection when a reused one was found closed.
-function Client:_exchange(addr, authority, target, params, opts)
+function Client:_exchange(addr, authority, target, params, opts, tls)
   local method = params.method or "GET"
   local body = params.body
   local headers = params.headers or {}
@@ -180,7 +183,7 @@ function Client:_exchange(addr, authority, target, params, opts)
   for attempt = 1, 2 do
     local sock = cosocket.tcp()
     sock:settimeouts(self.ct, self.st, self.rt)
-    local ok, err = sock:connect(addr)
+    local ok, err = sock:connect(addr, tls)
     if not ok then return nil, err end
     self.sock = sock
     self.reused = sock:getreusedtimes() > 0
@@ -230,10 +233,16 @@ function Client:request_uri(uri, params)
   opts.keepalive = params.keepalive ~= false
   local hops = 0
   while true do
-    local host, port, target, authority = parse_uri(uri)
+    local host, port, target, authority, https = parse_uri(uri)
     if not host then return nil, port end
     local addr = (host:find(":", 1, true) and ("[" .. host .. "]") or host) .. ":" .. port
-    local s, hn, method = self:_exchange(addr, authority, target, params, opts)
+    local tls
+    if https then
+      addr = "tls://" .. addr
+      tls = { verify = params.ssl_verify ~= false, ca = params.ssl_ca,
+        sni = params.ssl_server_name }
+    end
+    local s, hn, method = self:_exchange(addr, authority, target, params, opts, tls)
     if not s then return nil, hn end
     local res = self.res
     local code = res.code

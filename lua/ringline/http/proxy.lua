@@ -131,6 +131,12 @@ function M.service(cfg)
     if type(x) ~= type(v) then error("http proxy: " .. k .. " must be a " .. type(v), 2) end
     o[k] = x
   end
+  -- tls:// upstreams: cfg.upstream_tls = { ca, sni, verify, cert, key }
+  -- (ringline.connect's options); one table for every connect.
+  local ut = cfg.upstream_tls or {}
+  if type(ut) ~= "table" then error("http proxy: upstream_tls must be a table", 2) end
+  local copts = { timeout = o.connect_timeout, ca = ut.ca, sni = ut.sni,
+    verify = ut.verify, cert = ut.cert, key = ut.key }
   local by_host, any = compile_routes(cfg.routes)
   local single = (not next(by_host)) and #any == 1 and any[1].prefix == "/" and any[1]
   local hdr = headers.new(o)
@@ -189,7 +195,7 @@ function M.service(cfg)
 
   -- A connection to u with the head queued; true, or nil and the error.
   local function send_head(us, u, head_p, head_n)
-    local ok, err = us:connect(u.addr, { timeout = o.connect_timeout })
+    local ok, err = us:connect(u.addr, copts)
     if not ok then return nil, err, true end
     ok, err = us:send_ptr(head_p, head_n)
     if not ok then return nil, err, false end
