@@ -490,6 +490,7 @@ function Sock:connect(addr, opts)
       opts.sni or "", opts.cert or "", opts.alpn and tostring(opts.alpn) or "" }, "|")
   end
   self.pool_key = key
+  self.addr = addr
   local p = pool_of(key)
   local limit = opts and opts.pool_size
   if limit then

@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import time
 
-from harness import ECHO_LUA, REPO, Server, check, connect, fail, free_port, recv_exact, \
+from harness import ECHO_LUA, REPO, EnvCtx, Server, check, connect, fail, free_port, recv_exact, \
     recv_line, wait_for
 from test_proxy import start_proxy
 from test_tls import HTTP_LUA, certs, client_context, tls_server
@@ -264,3 +264,63 @@ def test_tls_proxy_originates_tls_to_stunnel(ctx):
                 break
             got += d
     check(got == payload, "byte-exact through a TLS-terminating proxy.lua")
+
+
+def test_tls_http_proxy_both_sides(ctx):
+    """http_proxy.lua on a tls:// listener: HTTPS clients, X-Forwarded-Proto
+    https to a plain upstream; and to a tls:// upstream (http.lua over TLS)
+    verified with RINGLINE_HTTP_PROXY_TLS_CA, refused (502) with the wrong
+    name."""
+    from http_upstream import Upstream
+    from test_http_proxy import PROXY_LUA
+    c = certs()
+    up = Upstream("a")
+    try:
+        px = Server(EnvCtx(ctx, {"RINGLINE_HTTP_PROXY_UPSTREAMS": up.addr}), script=PROXY_LUA,
+                    listen=[f"tls://127.0.0.1:{free_port()}"],
+                    args=["--workers", "1", "--tls-cert", c.a_cert, "--tls-key", c.a_key])
+        ctx.servers.append(px)
+        px.start()
+        raw = socket.create_connection(px.addrs[0][1], 5)
+        with client_context().wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"GET /headers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            got = b""
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+        text = got.decode(errors="replace").lower()
+        check(text.startswith("http/1.1 200") and "x-forwarded-proto: https\r\n" in text,
+              f"HTTPS client, X-Forwarded-Proto: {text[:600]!r}")
+    finally:
+        up.stop()
+    d = os.path.join(ctx.tmpdir, "www-px")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f.bin"), "wb") as f:
+        f.write(os.urandom(150000))
+    web = tls_server(ctx, script=HTTP_LUA, env={"RINGLINE_HTTP_ROOT": d})
+    wport = web.addrs[0][1][1]
+    for sni, want in (("localhost", b"200"), ("wrong.example.org", b"502")):
+        px = Server(EnvCtx(ctx, {"RINGLINE_HTTP_PROXY_UPSTREAMS": f"tls://127.0.0.1:{wport}",
+                                 "RINGLINE_HTTP_PROXY_TLS_CA": c.ca,
+                                 "RINGLINE_HTTP_PROXY_TLS_SNI": sni}),
+                    script=PROXY_LUA, args=["--workers", "1"])
+        ctx.servers.append(px)
+        px.start()
+        with connect(px.addr, 10) as s:
+            s.sendall(b"GET /static/f.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            s.settimeout(10)
+            got = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                got += b
+        check(got[9:12] == want, f"upstream over TLS, SNI {sni}: {got[:200]!r}")
+        if want == b"200":
+            with open(os.path.join(d, "f.bin"), "rb") as f:
+                check(got.endswith(f.read()), "the body byte-exact")
+        else:
+            check(wait_for(lambda: "hostname mismatch" in px.stderr(), 5),
+                  f"the reason is logged: {px.stderr_tail()}")

@@ -118,6 +118,9 @@ function H:acquire(c)
       us = cosocket.tcp(), rd = message.reader() }
   end
   ctx.ip = ip_of(c and c.peer or "unknown")
+  -- A client that came over TLS is forwarded as https (unless proto says
+  -- otherwise).
+  ctx.proto = (c and self.o.proto == "http" and c.tls) and "https" or self.o.proto
   local us = ctx.us
   us:settimeouts(self.o.connect_timeout, self.o.send_timeout, self.o.read_timeout)
   return ctx
@@ -176,9 +179,12 @@ function H:request_head(out, s, req, ctx)
   out:putcdata(b + req.target_off, req.target_len)
   out:put(" HTTP/1.1\r\n")
   put_kept(out, REQ_BY_LEN, s, req)
-  if not req.host then out:put("Host: ", ctx.us.pool_key or "upstream", "\r\n") end
+  if not req.host then
+    -- HTTP/1.0 without Host: the upstream's address, without a scheme.
+    out:put("Host: ", ((ctx.us.addr or "upstream"):gsub("^%a+://", "")), "\r\n")
+  end
   put_merged(out, REQ_BY_LEN, s, req, "X-Forwarded-For", XFF, ctx.ip)
-  out:put("X-Forwarded-Proto: ", self.o.proto, "\r\n")
+  out:put("X-Forwarded-Proto: ", ctx.proto, "\r\n")
   put_merged(out, REQ_BY_LEN, s, req, "Via", VIA, self.o.via)
   if req.chunked then out:put("Transfer-Encoding: chunked\r\n") end
   out:put("\r\n")
