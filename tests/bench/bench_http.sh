@@ -9,16 +9,19 @@
 # BENCH_MODES names it) HTTPS: ringline scripts/http.lua on a tls:// listener
 # against nginx `listen ... ssl` with the same lua content handler, TLS 1.3,
 # TLS_AES_128_GCM_SHA256 and a throwaway self-signed certificate made with
-# openssl in the run directory; three measurements: tls-ka (keep-alive, GET /,
+# openssl in the run directory; four measurements: tls-ka (keep-alive, GET /,
 # wrk -c BENCH_CONNECTIONS), tls-hs (full handshakes: -H "Connection: close",
-# a new connection and handshake per request) and tls-bulk (GET
-# /static/1m.bin, BENCH_TLS_BULK_SIZE bytes, -c BENCH_TLS_BULK_CONNECTIONS).
+# a new connection and handshake per request), tls-bulk (GET
+# /static/1m.bin, BENCH_TLS_BULK_SIZE bytes, -c BENCH_TLS_BULK_CONNECTIONS)
+# and tls-rs (resumed handshakes: openssl s_time -reuse, one connection at a
+# time, each resuming the TLS 1.3 session of the ticket the last one got).
 #
 # Usage: bash tests/bench/bench_http.sh BUILD_DIR
 #   BUILD_DIR holds ringline.
 # Needs: wrk, nginx-light, libnginx-mod-http-lua, taskset (util-linux);
 #   apt-get install wrk nginx-light libnginx-mod-http-lua
-#   (tls: openssl, the command line, too; curl is used when there)
+#   (tls: openssl, the command line, too, and its s_time for tls-rs; curl is
+#   used when there)
 #   (never libluajit-5.1-dev: it conflicts with libnginx-mod-http-lua).
 # Environment (all optional):
 #   BENCH_SECONDS=5        measured seconds per wrk run
@@ -30,7 +33,7 @@
 #   BENCH_SERVERS="ringline nginx-lua nginx-return"
 #   BENCH_MODES="plain pipelined static proxy"   static: GET /static/64k.bin (BENCH_FILE_SIZE bytes);
 #                          proxy: GET / through a reverse proxy (nginx-lua is not run);
-#                          tls: the same as "tls-ka tls-hs tls-bulk" (nginx return is not run;
+#                          tls: the same as "tls-ka tls-hs tls-bulk tls-rs" (nginx return is not run;
 #                          not in the default list; each of the three may be named alone)
 #   BENCH_FILE_SIZE=65536
 #   BENCH_TLS_KEY=rsa      the certificate's key: rsa (RSA-2048) or p256 (ECDSA P-256)
@@ -60,10 +63,10 @@ PORT=${BENCH_PORT_BASE:-17400}
 STRICT=${BENCH_STRICT:-0}
 read -ra SERVERS <<<"${BENCH_SERVERS:-ringline nginx-lua nginx-return}"
 read -ra MODES <<<"${BENCH_MODES:-plain pipelined static proxy}"
-# "tls" is shorthand for its three measurements.
+# "tls" is shorthand for its four measurements.
 modes=()
 for m in "${MODES[@]}"; do
-    if [[ $m == tls ]]; then modes+=(tls-ka tls-hs tls-bulk); else modes+=("$m"); fi
+    if [[ $m == tls ]]; then modes+=(tls-ka tls-hs tls-bulk tls-rs); else modes+=("$m"); fi
 done
 MODES=("${modes[@]}")
 FILE_SIZE=${BENCH_FILE_SIZE:-65536}
@@ -85,7 +88,7 @@ is_int "$CONNS" || die "BENCH_CONNECTIONS must be a positive integer, got '$CONN
 is_int "$THREADS" || die "BENCH_THREADS must be a positive integer, got '$THREADS'"
 is_int "$DEPTH" || die "BENCH_DEPTH must be a positive integer, got '$DEPTH'"
 [[ ${#SERVERS[@]} -gt 0 ]] || die "BENCH_SERVERS is empty"
-check_modes static proxy tls tls-ka tls-hs tls-bulk
+check_modes static proxy tls tls-ka tls-hs tls-bulk tls-rs
 is_int "$FILE_SIZE" || die "BENCH_FILE_SIZE must be a positive integer, got '$FILE_SIZE'"
 is_tls() { [[ $1 == tls-* ]]; }
 any_tls=0
@@ -230,6 +233,10 @@ nginx_conf() {
             # ringline sends one TLS 1.3 ticket after a full handshake
             # (OpenSSL's default is two): the same work for both.
             echo "        ssl_conf_command NumTickets 1;"
+            # Resumption by ticket (tls-rs): nginx's default, said outright.
+            # OpenSSL sends NumTickets fresh tickets after a resumed
+            # handshake too, as ringline sends one on every resumption.
+            echo "        ssl_session_tickets on;"
         else
             echo "        listen 127.0.0.1:$port;"
         fi
@@ -335,9 +342,42 @@ tls_params() {
     echo "${ver:-?} ${suite:-?} ${grp:-?}"
 }
 
+# Runs openssl s_time -reuse (tls-rs; port $1, seconds $2) into $3; writes
+# "cpu_seconds wall_seconds" to $3.cpu.  One connection at a time: the first
+# makes a full handshake (before s_time starts its clock), then each
+# connection resumes the session of the ticket its predecessor got (s_time
+# keeps its SSL object, and with it the newest session), sends
+# "GET / HTTP/1.0" and reads to the server's close.  s_time prints a
+# character a connection, "r" for a resumed one, then "N connections in T
+# real seconds"; T is whole seconds and s_time runs between -time and -time+1
+# seconds, so the rate comes from the wall time measured here.
+run_stime() {
+    local port=$1 secs=$2 out=$3 t0 t1 rc=0
+    t0=$(now_ns)
+    (
+        taskset -c "$CLIENT_CPU" openssl s_time -connect "127.0.0.1:$port" -reuse -tls1_3 \
+            -ciphersuites "$TLS_SUITE" -time "$secs" -www / >"$out" 2>&1 || exit $?
+        times >"$out.times"
+    ) &
+    WRK_PID=$!
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=""
+    t1=$(now_ns)
+    awk -v w="$(((t1 - t0) / 1000))" 'NR == 2 {
+            n = split($0, f, " "); s = 0
+            for (i = 1; i <= n; i++) { split(f[i], ms, "m"); sub(/s$/, "", ms[2]); s += ms[1] * 60 + ms[2] }
+            printf "%.3f %.3f\n", s, w / 1e6 }' "$out.times" >"$out.cpu" 2>/dev/null || true
+    return $rc
+}
+
 # Runs wrk (mode $1, port $2, seconds $3) into $4; writes "cpu_seconds wall_seconds" to $4.cpu.
+# tls-rs: openssl s_time instead (run_stime).
 run_wrk() {
     local mode=$1 port=$2 secs=$3 out=$4 t0 t1 rc=0 conns=$CONNS
+    if [[ $mode == tls-rs ]]; then
+        run_stime "$port" "$secs" "$out"
+        return
+    fi
     [[ $mode == tls-bulk ]] && conns=$TLS_BULK_CONNS
     local args=(-t"$THREADS" -c"$conns" -d"${secs}s" --latency)
     local url="http://127.0.0.1:$port/"
@@ -433,7 +473,25 @@ run_one() {
     SRV_PID=""
 
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-    if [[ $mode == pipelined ]]; then
+    if [[ $mode == tls-rs ]]; then
+        # Resumed handshakes per second: the "r" connections over the wall
+        # time; no latency (s_time measures none).
+        local conns_n resumed others wall bpc
+        conns_n=$(awk '/ connections in .* real seconds/ { print $1; exit }' "$out")
+        bpc=$(sed -n 's/.* real seconds, \([0-9]*\) bytes read per connection.*/\1/p' "$out" | head -n1)
+        read -r resumed others < <(awk '/^[rt3*]+$/ { n = length($0); k = gsub(/r/, ""); r += k; o += n - k }
+            END { print r + 0, o + 0 }' "$out")
+        wall=$(awk '{ print $2 }' "$out.cpu" 2>/dev/null || true)
+        rps=""
+        if [[ -n $conns_n && -n $wall ]]; then
+            rps=$(awk -v n="$resumed" -v w="$wall" 'BEGIN { if (w > 0) printf "%.2f", n / w }')
+        fi
+        [[ -z $conns_n || $others -eq 0 ]] || note+="$others of $conns_n connections not resumed; "
+        [[ -z $conns_n || $resumed -gt 0 ]] || note+="no connection resumed; "
+        [[ -z $bpc || $bpc -gt 0 ]] || note+="0 bytes read per connection; "
+        p50=""
+        p99=""
+    elif [[ $mode == pipelined ]]; then
         # wrk's own percentiles are wrong with pipelining (see pipeline.lua):
         # use the per-batch histogram pipeline.lua rebuilds.
         line=$(grep -m1 '^PIPELINE_LATENCY' "$out" || true)
@@ -451,8 +509,8 @@ run_one() {
         p50=$(to_us "$(awk '$1 == "50%" { print $2; exit }' "$out")")
         p99=$(to_us "$(awk '$1 == "99%" { print $2; exit }' "$out")")
     fi
-    if [[ $rc -ne 0 || -z $rps || ( $mode != pipelined && ( -z $p50 || -z $p99 ) ) ]]; then
-        warn "wrk failed against $(label_of "$srv" "$mode") ($mode, rc=$rc):"
+    if [[ $rc -ne 0 || -z $rps || ( $mode != pipelined && $mode != tls-rs && ( -z $p50 || -z $p99 ) ) ]]; then
+        warn "$([[ $mode == tls-rs ]] && echo "openssl s_time" || echo wrk) failed against $(label_of "$srv" "$mode") ($mode, rc=$rc):"
         cat "$out" >&2 || true
         FAIL[$key]="FAIL"
         FAILED=1
@@ -528,10 +586,13 @@ fi
 if [[ $any_tls -eq 1 ]]; then
     echo "tls modes:   ringline --listen tls://127.0.0.1:PORT --tls-cert C --tls-key K --tls-ciphersuites $TLS_SUITE scripts/http.lua"
     echo "             vs nginx+lua: listen ... ssl; ssl_protocols TLSv1.3; ssl_conf_command Ciphersuites $TLS_SUITE;"
-    echo "             ssl_conf_command NumTickets 1 (ringline's one ticket); the same content_by_lua_block for GET /"
+    echo "             ssl_conf_command NumTickets 1 (ringline's one ticket); ssl_session_tickets on;"
+    echo "             the same content_by_lua_block for GET /"
     echo "             certificate: self-signed CN=localhost, $([[ $TLS_KEY == rsa ]] && echo RSA-2048 || echo "ECDSA P-256"), made by openssl req in the run directory"
     echo "             tls-ka: GET / keep-alive, wrk -c$CONNS; tls-hs: GET / with -H \"Connection: close\" (a full handshake"
     echo "             per request: wrk resumes no session), wrk -c$CONNS; tls-bulk: GET /static/1m.bin ($TLS_BULK_SIZE bytes), wrk -c$TLS_BULK_CONNS"
+    echo "             tls-rs: taskset -c $CLIENT_CPU openssl s_time -connect 127.0.0.1:PORT -reuse -tls1_3 -ciphersuites $TLS_SUITE"
+    echo "             -time $DURATION -www / (one connection at a time, each resuming by the last ticket; GET / HTTP/1.0)"
 fi
 [[ $need_nginx -eq 0 ]] || echo "nginx conf:  daemon off; worker_processes 1; access_log off; keepalive_requests 1000000000; (nginx -p DIR -c DIR/nginx.conf -e DIR/error.log)"
 echo
@@ -595,6 +656,8 @@ fi
 if [[ $any_tls -eq 1 ]]; then
     echo "tls-hs: p50/p99 are wrk's, from request write to response: the connect and handshake before it are not in"
     echo "        them (req/s there is handshakes per second)."
+    echo "tls-rs: req/s = resumed TLS 1.3 handshakes per second (connections s_time reports resumed, \"r\", over the"
+    echo "        wall time), one connection at a time with GET / each; wrk CPU is s_time's; no p50/p99 (s_time has none)."
     for s in "${SERVERS[@]}"; do
         [[ -z ${TLSP[$s]:-} ]] || echo "tls negotiated with $(label_of "$s") (openssl s_client): ${TLSP[$s]}"
     done
@@ -630,7 +693,10 @@ for mode in "${MODES[@]}"; do
     if is_tls "$mode"; then
         # No target: the ratios, ringline / nginx+lua.
         o="nginx-lua|$mode"
-        if have "$r" && have "$o"; then
+        if have "$r" && have "$o" && [[ $mode == tls-rs ]]; then
+            printf '  %-9s vs nginx+lua    : resumed handshakes/s %s, per CPU-second %s   (no target)\n' \
+                "$mode" "$(ratio "${RPS[$r]}" "${RPS[$o]}" x)" "$(ratio "${EFF[$r]:-}" "${EFF[$o]:-}" x)"
+        elif have "$r" && have "$o"; then
             printf '  %-9s vs nginx+lua    : req/s %s, req/CPU-second %s, p99 %s vs %s (%s)   (no target)\n' \
                 "$mode" "$(ratio "${RPS[$r]}" "${RPS[$o]}" x)" "$(ratio "${EFF[$r]:-}" "${EFF[$o]:-}" x)" \
                 "$(fmt_us "${P99[$r]}")" "$(fmt_us "${P99[$o]}")" "$(ratio "${P99[$r]}" "${P99[$o]}" x)"
