@@ -64,6 +64,9 @@ static const char usage[] =
 "      --tls-ticket-rotation S  session ticket keys (one set per process,\n"
 "                           all workers) rotate every S seconds; a ticket\n"
 "                           resumes for up to 2*S (default 3600)\n"
+"      --tls-release-buffers  free a session's record buffers (~34 KiB)\n"
+"                           between records: less memory per idle TLS\n"
+"                           connection, slower keep-alive\n"
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
 "\n"
@@ -157,7 +160,7 @@ enum {
 	OPT_HANDLER_TIMEOUT, OPT_LUA_MEMORY, OPT_RING, OPT_CLIENT_MEMORY,
 	OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_ALPN, OPT_TLS_CIPHERS,
 	OPT_TLS_SUITES, OPT_TLS_GROUPS, OPT_TLS_MIN, OPT_TLS_HS_TIMEOUT,
-	OPT_TLS_CLIENT_CA, OPT_TLS_CLIENT_VERIFY, OPT_TLS_TICKET_ROTATION,
+	OPT_TLS_CLIENT_CA, OPT_TLS_CLIENT_VERIFY, OPT_TLS_TICKET_ROTATION, OPT_TLS_RELEASE,
 };
 
 static const struct option longopts[] = {
@@ -191,6 +194,7 @@ static const struct option longopts[] = {
 	{ "tls-client-ca", required_argument, NULL, OPT_TLS_CLIENT_CA },
 	{ "tls-client-verify", required_argument, NULL, OPT_TLS_CLIENT_VERIFY },
 	{ "tls-ticket-rotation", required_argument, NULL, OPT_TLS_TICKET_ROTATION },
+	{ "tls-release-buffers", no_argument, NULL, OPT_TLS_RELEASE },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -330,6 +334,9 @@ static int set_option(struct rl_config *cfg, int opt, const char *arg,
 				   "--tls-client-verify: expected required or "
 				   "optional%s", arg, "");
 		cfg->tls_client_optional = arg[0] == 'o';
+		return 0;
+	case OPT_TLS_RELEASE:
+		cfg->tls_release_buffers = 1;
 		return 0;
 	case OPT_TLS_TICKET_ROTATION:
 		if (!(ret = num("tls-ticket-rotation", arg, 1, 7 * 86400, &v,

@@ -45,6 +45,7 @@ struct rl_config {
 	const char *tls_client_ca;    /* verify client certificates with it */
 	int tls_client_optional;      /* --tls-client-verify optional */
 	uint32_t tls_ticket_rotation_s;
+	int tls_release_buffers;      /* free OpenSSL's buffers when idle */
 };
 
 enum rl_options_result {

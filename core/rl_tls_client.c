@@ -115,8 +115,8 @@ static SSL_CTX *make_ctx(const struct rl_tls_client *o, char *err, size_t len)
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
-	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-			 SSL_MODE_RELEASE_BUFFERS);
+	/* Buffers kept, as the server side's (rl_tls.c). */
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE);
 	/* Our own store of sessions, by server: OpenSSL's client cache is
 	 * not looked up by itself. */
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |

@@ -61,7 +61,8 @@ def test_http_client_against_test_upstream(ctx):
     check(got == "err unknown command", "(unknown commands answer)")
     got = _ask(s, f"get http://127.0.0.1:{free_port()}/")
     check(got.startswith("err ") and "refused" in got, f"refused: {got}")
-    check(_ask(s, "get https://example.com/").startswith("err https"), "https: a clear error")
+    check(_ask(s, "get ftp://example.com/").startswith("err bad uri scheme: ftp"),
+          "another scheme: a clear error (https: test_tls_client.py)")
     check(_ask(s, "get nonsense").startswith("err bad uri"), "bad uri")
     before = up.connections
     got = _ask(s, f"many {base}/hello 50")
